@@ -1,0 +1,40 @@
+"""The ``fasttarget`` command line: a thin typer app over the library.
+
+Each command group lives in its own module (``fasttarget.cli.<name>``) that defines
+``register(app)``; this module only wires them and turns :class:`UserError` into one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from fasttarget.errors import UserError
+
+app = typer.Typer(
+    name="fasttarget",
+    help="Data loading and soft-target caching for image-classification training (Strategies A/B/C).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules, in the order their commands appear in --help.
+_COMMAND_MODULES = (
+    "data",
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"fasttarget.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Entry point of the ``fasttarget`` console script."""
+    try:
+        app(standalone_mode=True)
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
