@@ -163,6 +163,41 @@ def build_classifier(cfg: ModelConfig) -> Classifier:
     return Classifier(cfg)
 
 
+class Student(nn.Module):
+    """The paper's student: backbone φ with a soft-target head ``g`` and a classifier ``h``.
+
+    With ``coupled=False`` (the separation loss) ``h`` sees ``φ(x).detach()``, so the
+    classifier's one-hot cross-entropy never reaches the backbone, which only ``g``'s
+    soft-target loss trains. With ``coupled=True`` (plain knowledge distillation) there
+    is one head that both losses train end to end; it is returned as ``g`` and ``h``.
+
+    Shape:
+        ``x [B,3,H,W] → (logits_g [B,K], logits_h [B,K])``
+
+    Example:
+        >>> import torch
+        >>> net = Student(ModelConfig(width=0.125))
+        >>> g, h = net(torch.zeros(2, 3, 32, 32))
+        >>> g.shape, h.requires_grad
+        (torch.Size([2, 10]), True)
+    """
+
+    def __init__(self, cfg: ModelConfig, coupled: bool = False):
+        super().__init__()
+        self.config = cfg
+        self.coupled = coupled
+        self.backbone = build_backbone(cfg)
+        self.h = nn.Linear(self.backbone.feature_dim, cfg.num_classes)
+        self.g = None if coupled else nn.Linear(self.backbone.feature_dim, cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone(x)
+        if self.g is None:
+            logits = self.h(features)
+            return logits, logits
+        return self.g(features), self.h(features.detach())
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """What a model checkpoint records besides its weights.
