@@ -1,0 +1,567 @@
+"""Batches of normalized, augmented images with labels, sample indices and targets.
+
+One API, two backends behind it:
+
+- **resident** (:class:`ResidentLoader`): the split is decoded once into one uint8 tensor
+  ``[N,H,W,3]`` on the target device; an epoch is a permutation and one ``index_select``
+  per batch, with no worker processes (as airbench does). For data that fits
+  ``memory_budget_bytes`` (CIFAR, Tiny-ImageNet).
+- **ffcv** (:class:`FfcvLoader`): streams the beton with ``ffcv.loader.Loader`` (numba-compiled
+  decode, ``os_cache``) and copies each uint8 batch to the device without blocking. For data
+  larger than memory (ImageNet).
+
+Both walk the same epoch plan (:func:`epoch_rows`), so with one seed they yield the same
+sample indices in the same batches, and share one tail: uint8 → float in ``[0,1]``,
+augmentation (:mod:`fasttarget.augment`), normalization by the dataset's mean/std,
+``channels_last``, and the optional target provider.
+
+Randomness: the order of epoch ``e`` comes from ``(seed, e)``; the augmentation generator of
+batch ``k`` of epoch ``e`` is seeded from ``(seed, e, k)``. A batch can therefore be
+recomputed alone, and :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch without
+computing the skipped batches.
+
+Epochs: each pass over the loader (each ``iter()``) is the next epoch, starting at 0;
+``set_epoch(e)`` makes the next pass epoch ``e`` (``DistributedSampler`` style).
+
+Example:
+    >>> import numpy as np
+    >>> images = np.zeros((10, 8, 8, 3), np.uint8)
+    >>> cfg = LoaderConfig(batch_size=4, drop_last=True, augment="flip")
+    >>> loader = ResidentLoader.from_arrays(images, np.arange(10) % 2, cfg,
+    ...                                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    >>> len(loader), [b.images.shape[0] for b in loader]
+    (2, [4, 4])
+    >>> batch = next(iter(loader))
+    >>> batch.images.is_contiguous(memory_format=torch.channels_last), float(batch.images.min())
+    (True, -2.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fasttarget.augment import AugmentConfig, AugRecord, build_augment
+from fasttarget.dataset import DatasetMeta, beton_path, read_split
+from fasttarget.errors import UserError
+
+if TYPE_CHECKING:
+    from fasttarget.subsets import SubsetConfig
+
+BACKENDS = ("auto", "resident", "ffcv")
+# Tiny-ImageNet's train split (100k x 64 x 64 x 3 = 1.2 GB) fits, ImageNet's does not.
+DEFAULT_MEMORY_BUDGET = 4 * 2**30
+
+# First words of the seed sequences, so that order and augmentation streams never coincide.
+_ORDER_STREAM = 0x0D
+_AUGMENT_STREAM = 0xA6
+
+TargetFn = Callable[["Batch"], Tensor]
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How to load one split.
+
+    Args:
+        data_dir: a converted dataset directory (``fasttarget convert``); required by
+            :func:`build_loader`, unused by :meth:`ResidentLoader.from_arrays`.
+        split: ``"train"`` or ``"test"``.
+        batch_size: samples per batch (per rank).
+        shuffle: a new random order each epoch; ``False`` keeps index order.
+        drop_last: drop the last incomplete batch (the paper trains with it).
+        seed: seeds the order of every epoch and the augmentation of every batch.
+        augment: augmentation name such as ``"stdaug+mixup"`` (see :mod:`fasttarget.augment`)
+            or an :class:`~fasttarget.augment.AugmentConfig`.
+        backend: ``"resident"``, ``"ffcv"``, or ``"auto"``: resident when the decoded split
+            fits ``memory_budget_bytes``.
+        device: where batches are delivered (``"cpu"``, ``"cuda"``, ``"cuda:1"`` …).
+        subset: an IPC or fraction subset of the split (:class:`~fasttarget.subsets.SubsetConfig`).
+        memory_budget_bytes: the largest decoded split ``"auto"`` keeps resident.
+        num_workers: ffcv decoding threads.
+        os_cache: ffcv reads through the OS page cache (shared by processes on one machine)
+            instead of its own process cache.
+        rank, world_size: this process's shard; both ``None`` takes them from an initialized
+            ``torch.distributed`` process group, else a single process.
+    """
+
+    data_dir: str | Path | None = None
+    split: str = "train"
+    batch_size: int = 128
+    shuffle: bool = True
+    drop_last: bool = True
+    seed: int = 0
+    augment: str | AugmentConfig = "noaug"
+    backend: str = "auto"
+    device: str | torch.device = "cpu"
+    subset: SubsetConfig | None = None
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    num_workers: int = 2
+    os_cache: bool = True
+    rank: int | None = None
+    world_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"batch_size={self.batch_size} must be >= 1: pass e.g. 128")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown loader backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.seed < 0:
+            raise UserError(f"seed={self.seed} must be >= 0")
+        if self.num_workers < 1:
+            raise UserError(f"num_workers={self.num_workers} must be >= 1")
+        if (self.rank is None) != (self.world_size is None):
+            raise UserError("rank and world_size go together: pass both, or neither to use torch.distributed")
+        if self.world_size is not None and not 0 <= self.rank < self.world_size:  # type: ignore[operator]
+            raise UserError(f"rank={self.rank} is not in [0, world_size={self.world_size})")
+        build_augment(self.augment)  # raises UserError on an unknown name
+
+    def shard(self) -> tuple[int, int]:
+        """``(rank, world_size)``: the configured ones, else the initialized process group's."""
+        if self.world_size is not None:
+            return self.rank, self.world_size  # type: ignore[return-value]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+
+@dataclass
+class Batch:
+    """One batch as a training loop consumes it.
+
+    Attributes:
+        images: float32 ``[B,3,H,W]``, augmented, normalized with the dataset's mean/std,
+            ``channels_last``, on the loader's device.
+        labels: int64 ``[B]`` true labels (mix them with ``record.mix`` for mixed batches).
+        indices: int64 ``[B]`` row numbers of the samples in the split (the key of the
+            Strategy C cache).
+        record: the augmentation's parameters (:class:`~fasttarget.augment.AugRecord`).
+        targets: ``[B,K]`` probabilities from the target provider, or ``None`` without one.
+    """
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    record: AugRecord
+    targets: Tensor | None = None
+
+
+@dataclass
+class RawBatch:
+    """A batch before augmentation: what the backends produce and the benchmarks time.
+
+    Attributes:
+        images: uint8 ``[B,H,W,3]`` on the loader's device.
+        labels: int64 ``[B]``.
+        indices: int64 ``[B]`` row numbers in the split.
+        number: the batch's position in its epoch (seeds its augmentation).
+    """
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    number: int
+
+
+def seeded_generator(*words: int) -> torch.Generator:
+    """A CPU generator seeded from a tuple of non-negative integers.
+
+    The tuple is hashed by ``numpy.random.SeedSequence``, so nearby tuples such as
+    ``(seed, epoch)`` and ``(seed, epoch + 1)`` give unrelated streams.
+
+    Example:
+        >>> a = torch.rand(2, generator=seeded_generator(0, 1, 2))
+        >>> torch.equal(a, torch.rand(2, generator=seeded_generator(0, 1, 2)))
+        True
+    """
+    state = np.random.SeedSequence(list(words)).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+
+
+def epoch_rows(
+    pool: Tensor, *, seed: int, epoch: int, shuffle: bool, batch_size: int, drop_last: bool,
+    rank: int = 0, world_size: int = 1,
+) -> Tensor:
+    """The split rows one rank visits in one epoch, in order.
+
+    Every rank draws the same permutation of ``pool`` from ``(seed, epoch)`` and takes every
+    ``world_size``-th element from its rank on, so shards are disjoint and together cover the
+    pool. All ranks get the same length, so they run the same number of steps: with
+    ``drop_last`` the permutation's last ``len(pool) % world_size`` samples sit this epoch out
+    and every shard is cut to whole batches; without it the permutation wraps around so that
+    ``-len(pool) % world_size`` samples appear twice, as in ``DistributedSampler``.
+
+    Args:
+        pool: int64 ``[M]`` the rows to draw from (the whole split, or a subset).
+
+    Returns:
+        int64 rows on ``pool``'s device.
+
+    Example:
+        >>> pool = torch.arange(10)
+        >>> shards = [epoch_rows(pool, seed=0, epoch=0, shuffle=True, batch_size=2,
+        ...                      drop_last=False, rank=r, world_size=2) for r in range(2)]
+        >>> sorted(torch.cat(shards).tolist()) == list(range(10))
+        True
+    """
+    if shuffle:
+        perm = torch.randperm(len(pool), generator=seeded_generator(_ORDER_STREAM, seed, epoch))
+        pool = pool[perm.to(pool.device)]
+    if drop_last:
+        per_rank = len(pool) // world_size
+        shard = pool[: per_rank * world_size][rank::world_size]
+        return shard[: len(shard) // batch_size * batch_size]
+    per_rank = -(-len(pool) // world_size)
+    wrapped = pool.repeat(-(-per_rank * world_size // len(pool)))[: per_rank * world_size]
+    return wrapped[rank::world_size]
+
+
+def _tensors(obj: Any) -> Iterator[Tensor]:
+    """Every tensor inside a batch (dataclass fields, dict values, sequences)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from _tensors(getattr(obj, f.name))
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+class _Loader:
+    """What both backends share: the epoch plan, augmentation, normalization, prefetch, resume."""
+
+    def __init__(
+        self, cfg: LoaderConfig, *, pool: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+        targets: TargetFn | None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError(f"device {cfg.device!r} was asked for but CUDA is not available: pass device='cpu'")
+        self.rank, self.world_size = cfg.shard()
+        if len(pool) < self.world_size:
+            raise UserError(f"{len(pool)} samples cannot be shared by {self.world_size} ranks: use a larger subset")
+        self.augment = build_augment(cfg.augment)
+        self.targets = targets
+        self._pool = pool
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._epoch = 0  # epoch of the next pass
+        self._start = 0  # batch the next pass starts at (set by load_state_dict)
+        self._current: tuple[int, int] | None = None  # (epoch, batches yielded) of the pass in progress
+        if len(self) == 0:
+            raise UserError(f"{len(pool)} samples on {self.world_size} rank(s) make no full batch of "
+                            f"{cfg.batch_size}: lower batch_size or set drop_last=False")
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank draws from per epoch (before ``drop_last``)."""
+        return len(self._pool) // self.world_size if self.cfg.drop_last else -(-len(self._pool) // self.world_size)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.cfg.batch_size
+        return n // b if self.cfg.drop_last else math.ceil(n / b)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Makes the next pass epoch ``epoch``, from its first batch."""
+        self._epoch, self._start = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader stands: the epoch and the number of batches already handed out.
+
+        Taken mid-pass, it counts the batches yielded so far; between passes, it points at
+        the start of the next epoch.
+        """
+        epoch, batch = self._current if self._current is not None else (self._epoch, self._start)
+        return {"epoch": epoch, "batch": batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Makes the next pass continue epoch ``state["epoch"]`` at batch ``state["batch"]``,
+        without computing the batches before it."""
+        if not 0 <= state["batch"] <= len(self):
+            raise UserError(f"loader state {state} is past the {len(self)} batches of an epoch: "
+                            "was it saved with another batch size or subset?")
+        # A finished epoch continues at the start of the next, not with an empty pass.
+        self._epoch, self._start = divmod(state["epoch"] * len(self) + state["batch"], len(self))
+
+    def rows(self, epoch: int) -> Tensor:
+        """The split rows this rank visits in ``epoch``, in batch order."""
+        cfg = self.cfg
+        return epoch_rows(self._pool, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle, batch_size=cfg.batch_size,
+                          drop_last=cfg.drop_last, rank=self.rank, world_size=self.world_size)
+
+    def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
+        """The batches of ``epoch`` from batch ``start`` on, before augmentation."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self._epoch, self._start
+        self._epoch, self._start = epoch + 1, 0
+        self._current = (epoch, start)
+        for batch in self._prefetched(self.uint8_batches(epoch, start), epoch):
+            yield batch
+            self._current = (epoch, self._current[1] + 1)
+        self._current = None
+
+    def finish(self, raw: RawBatch, epoch: int) -> Batch:
+        """Augments and normalizes one uint8 batch and asks the target provider for its targets."""
+        with torch.no_grad():
+            # NHWC uint8 permuted to NCHW is already channels_last, and .float() keeps the strides.
+            images = raw.images.permute(0, 3, 1, 2).float().div_(255)
+            images, record = self.augment(images, seeded_generator(_AUGMENT_STREAM, self.cfg.seed, epoch, raw.number))
+            images = ((images - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+            batch = Batch(images, raw.labels, raw.indices, record)
+            if self.targets is not None:
+                batch.targets = self.targets(batch)
+        return batch
+
+    def _prefetched(self, raws: Iterator[RawBatch], epoch: int) -> Iterator[Batch]:
+        if self.device.type != "cuda":
+            for raw in raws:
+                yield self.finish(raw, epoch)
+            return
+        # timm's PrefetchLoader pattern: batch n+1's gather, copy, augmentation and targets are
+        # launched on a side stream before batch n is handed over, so they overlap the caller's
+        # work on batch n; the caller's stream waits only for batch n's own work.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        pending: tuple[Batch, torch.cuda.Event] | None = None
+        raws = iter(raws)
+        while True:
+            with torch.cuda.stream(side):
+                raw = next(raws, None)
+                ready = None if raw is None else (self.finish(raw, epoch), side.record_event())
+            if pending is not None:
+                yield self._hand_over(*pending)
+            if ready is None:
+                return
+            pending = ready
+
+    def _hand_over(self, batch: Batch, done: torch.cuda.Event) -> Batch:
+        current = torch.cuda.current_stream(self.device)
+        current.wait_event(done)
+        # Made on the side stream, used and freed on the caller's: keep the allocator from
+        # reusing their memory before the caller's stream is done with them.
+        for t in _tensors(batch):
+            if t.device.type == "cuda":
+                t.record_stream(current)
+        return batch
+
+
+def _place(images: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda":
+        return images.to(device)
+    # Page-locked, so that the resident set or slices of it can be copied to a GPU asynchronously.
+    return images.pin_memory() if torch.cuda.is_available() else images
+
+
+class ResidentLoader(_Loader):
+    """The whole split in one uint8 tensor on the device; an epoch is permutation + gathers.
+
+    Build it with :func:`build_loader` (from a converted dataset) or :meth:`from_arrays`.
+    """
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, cfg: LoaderConfig, *, mean: tuple[float, ...],
+        std: tuple[float, ...], targets: TargetFn | None = None, pool: Tensor | None = None,
+    ) -> None:
+        device = torch.device(cfg.device)
+        if pool is None:
+            pool = torch.arange(len(images))
+        super().__init__(cfg, pool=pool.to(device), mean=mean, std=std, targets=targets)
+        self._images = _place(images, device)
+        self._labels = labels.to(device)
+
+    @classmethod
+    def from_arrays(
+        cls, images: np.ndarray | Tensor, labels: np.ndarray | Tensor, cfg: LoaderConfig, *,
+        mean: tuple[float, ...], std: tuple[float, ...], targets: TargetFn | None = None,
+    ) -> ResidentLoader:
+        """A loader over in-memory arrays (no beton, no ffcv); ``cfg.data_dir`` is ignored.
+
+        Args:
+            images: uint8 ``[N,H,W,3]``.
+            labels: integer ``[N]``.
+            cfg: batch size, order, augmentation, device, subset, shard.
+            mean, std: per-channel statistics on the 0..1 scale.
+            targets: optional target provider (``Batch -> [B,K]``).
+        """
+        images = torch.as_tensor(images)
+        labels = torch.as_tensor(labels).to(torch.int64)
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+            raise UserError(f"images must be uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise UserError(f"{len(labels)} labels for {len(images)} images: pass one label per image")
+        pool = None if cfg.subset is None else _subset_rows(labels.numpy(), cfg.subset)
+        return cls(images, labels, cfg, mean=mean, std=std, targets=targets, pool=pool)
+
+    def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
+        rows, b = self.rows(epoch), self.cfg.batch_size
+        for k in range(start, len(self)):
+            index = rows[k * b : (k + 1) * b]
+            yield RawBatch(self._images.index_select(0, index), self._labels.index_select(0, index), index, k)
+
+
+class FfcvLoader(_Loader):
+    """Streams a beton with ``ffcv.loader.Loader``; uint8 batches go to the device without blocking.
+
+    ffcv walks this loader's own epoch plan (:func:`epoch_rows`), so the order, shards and
+    determinism are those of :class:`ResidentLoader`.
+    """
+
+    def __init__(
+        self, cfg: LoaderConfig, meta: DatasetMeta, *, pool: Tensor | None = None,
+        targets: TargetFn | None = None,
+    ) -> None:
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.loader import Loader
+        from ffcv.transforms import ToTensor
+
+        if meta.image_shape is None:
+            raise UserError(f"{cfg.data_dir} holds images of different sizes, which the loader cannot batch: "
+                            "reconvert with --max-side")
+        if pool is None:
+            pool = torch.arange(meta.count(cfg.split))
+        super().__init__(cfg, pool=pool, mean=meta.mean, std=meta.std, targets=targets)
+        # ffcv sizes every epoch by the plan it sees at construction; all epochs share that length.
+        self._order = _planned_order(self.rows(0).numpy())
+        self._ffcv = Loader(
+            str(beton_path(cfg.data_dir, cfg.split)), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            os_cache=cfg.os_cache, order=self._order, distributed=self.world_size > 1,
+            indices=None if cfg.subset is None else pool.numpy(),
+            # The plan already drops the incomplete batch; ffcv must not cut it again.
+            drop_last=False,
+            pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()], "label": [IntDecoder(), ToTensor()],
+                       "index": [IntDecoder(), ToTensor()]},
+        )
+        self._fields = list(self._ffcv.pipeline_specs)
+
+    def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
+        self._order.plan = self.rows(epoch)[start * self.cfg.batch_size :].numpy()
+        epoch_iterator = iter(self._ffcv)
+        try:
+            for k, out in enumerate(epoch_iterator, start):
+                fields = dict(zip(self._fields, out))
+                yield RawBatch(self._copy(fields["image"]), self._copy(fields["label"]).view(-1),
+                               self._copy(fields["index"]).view(-1), k)
+        finally:
+            epoch_iterator.close()
+
+    def _copy(self, t: Tensor) -> Tensor:
+        # ffcv reuses its output buffers, so each batch is copied out before the next is decoded.
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.clone()
+
+
+def _planned_order(plan: np.ndarray) -> Any:
+    """An ffcv traversal order that returns whatever plan the loader set for the coming epoch."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class PlannedOrder(TraversalOrder):
+        # ffcv 1.0 accepts a TraversalOrder *instance* and calls it with the loader.
+        def __init__(self) -> None:
+            self.plan = plan
+
+        def __call__(self, loader: Any) -> PlannedOrder:
+            return self
+
+        def sample_order(self, epoch: int) -> np.ndarray:
+            return self.plan
+
+    return PlannedOrder()
+
+
+def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> Tensor:
+    from fasttarget.subsets import select_subset
+
+    return torch.from_numpy(np.asarray(select_subset(labels, subset), np.int64))
+
+
+def _read_labels(directory: str | Path, split: str) -> np.ndarray:
+    """The labels of a split in index order, without decoding its images."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    n = DatasetMeta.load(directory).count(split)
+    labels = np.empty(n, np.int64)
+    loader = Loader(str(beton_path(directory, split)), batch_size=4096, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines={"image": None, "label": [IntDecoder()], "index": [IntDecoder()]})
+    for batch_labels, batch_index in loader:
+        labels[np.asarray(batch_index).reshape(-1)] = np.asarray(batch_labels).reshape(-1)
+    return labels
+
+
+def decoded_bytes(meta: DatasetMeta, split: str) -> int | None:
+    """Bytes of the decoded uint8 split, or ``None`` when its images differ in size."""
+    if meta.image_shape is None:
+        return None
+    return meta.count(split) * math.prod(meta.image_shape)
+
+
+def choose_backend(cfg: LoaderConfig, meta: DatasetMeta) -> str:
+    """``cfg.backend``, with ``"auto"`` resolved: resident when the decoded split fits the budget."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    size = decoded_bytes(meta, cfg.split)
+    return "resident" if size is not None and size <= cfg.memory_budget_bytes else "ffcv"
+
+
+def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> ResidentLoader | FfcvLoader:
+    """Builds the loader ``cfg`` asks for over a converted dataset.
+
+    Args:
+        cfg: the split, batching, order, augmentation, device, backend and shard.
+        targets: optional target provider, ``Batch -> [B,K]`` (filled into ``batch.targets``).
+
+    Raises:
+        UserError: no ``data_dir``, not a converted dataset, unknown split, bad values.
+
+    Example:
+        >>> loader = build_loader(LoaderConfig("data/cifar10", augment="stdaug"))  # doctest: +SKIP
+        >>> for batch in loader:  # doctest: +SKIP
+        ...     loss = criterion(model(batch.images), batch.labels)
+    """
+    if cfg.data_dir is None:
+        raise UserError("LoaderConfig.data_dir is not set: pass a directory written by `fasttarget convert`")
+    meta = DatasetMeta.load(cfg.data_dir)
+    beton_path(cfg.data_dir, cfg.split)  # raises UserError on an unknown split or a missing file
+    backend = choose_backend(cfg, meta)
+    if backend == "resident":
+        if meta.image_shape is None:
+            raise UserError(f"{cfg.data_dir} holds images of different sizes, which the resident backend "
+                            "cannot hold in one tensor: use backend='ffcv' after reconverting with --max-side")
+        images, labels = read_split(cfg.data_dir, cfg.split, num_workers=cfg.num_workers)
+        return ResidentLoader.from_arrays(images, labels, cfg, mean=meta.mean, std=meta.std, targets=targets)
+    pool = None if cfg.subset is None else _subset_rows(_read_labels(cfg.data_dir, cfg.split), cfg.subset)
+    return FfcvLoader(cfg, meta, pool=pool, targets=targets)
+
+
+__all__ = [
+    "BACKENDS",
+    "Batch",
+    "DEFAULT_MEMORY_BUDGET",
+    "FfcvLoader",
+    "LoaderConfig",
+    "RawBatch",
+    "ResidentLoader",
+    "build_loader",
+    "choose_backend",
+    "decoded_bytes",
+    "epoch_rows",
+    "seeded_generator",
+]
