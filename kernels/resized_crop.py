@@ -3,7 +3,7 @@
 Kornia's ``RandomResizedCrop`` (default ``cropping_mode="slice"``, ``align_corners=True``) crops
 each sample with a slice and resizes it with ``F.interpolate`` one sample at a time, which is
 launch-bound for small images. Bilinear resizing is separable, so for a whole batch it is two
-batched matrix products: ``out[b] = Ry[b] @ img[b] @ Rx[b]^T`` where ``Ry[b]`` (``[out_h, H]``)
+batched matrix products: ``out[b, c] = Ry[b] @ img[b, c] @ Rx[b]^T`` where ``Ry[b]`` (``[out_h, H]``)
 and ``Rx[b]`` (``[out_w, W]``) hold each output row's/column's two interpolation weights.
 
 Convention (as Kornia's ``crop_by_indices`` with ``align_corners=True``): a box is the inclusive
@@ -68,7 +68,10 @@ def resized_crop(images: Tensor, boxes: Tensor, size: Sequence[int]) -> Tensor:
     boxes = boxes.to(images.device)
     ry = interpolation_matrix(boxes[:, 1], boxes[:, 3], out_h, images.shape[-2]).to(images.dtype)
     rx = interpolation_matrix(boxes[:, 0], boxes[:, 2], out_w, images.shape[-1]).to(images.dtype)
-    return ry.unsqueeze(1) @ images @ rx.transpose(1, 2).unsqueeze(1)
+    b, c, h, w = images.shape
+    # Columns first as one [B, C*H, W] x [B, W, out_w] product, then rows per channel.
+    cols = torch.bmm(images.reshape(b, c * h, w), rx.transpose(1, 2)).view(b, c, h, out_w)
+    return torch.matmul(ry.unsqueeze(1), cols)
 
 
 def resized_crop_reference(images: Tensor, boxes: Tensor, size: Sequence[int]) -> Tensor:

@@ -211,9 +211,10 @@ def _per_sample(mask: Tensor) -> Tensor:
 
 
 def _gray(images: Tensor) -> Tensor:
-    r, g, b = images.unbind(1)
-    w = _GRAY_WEIGHTS
-    return (w[0] * r + w[1] * g + w[2] * b).unsqueeze(1)
+    # One [1,3] x [B,3,H*W] product instead of three scaled channel sums.
+    weights = torch.tensor(_GRAY_WEIGHTS, dtype=images.dtype, device=images.device)
+    b, _, h, w = images.shape
+    return torch.matmul(weights, images.reshape(b, 3, h * w)).view(b, 1, h, w)
 
 
 def adjust_color(images: Tensor, factors: Tensor) -> Tensor:
@@ -232,8 +233,9 @@ def adjust_color(images: Tensor, factors: Tensor) -> Tensor:
     b, c, s = f[:, 0:1], f[:, 1:2], f[:, 2:3]
     x = (images * b).clamp_(0, 1)
     mean = _gray(x).mean((-2, -1), keepdim=True)
-    x = (c * x + (1 - c) * mean).clamp_(0, 1)
-    return (s * x + (1 - s) * _gray(x)).clamp_(0, 1)
+    # lerp is one fused pass and returns `end` exactly at weight 1, so neutral factors are exact.
+    x = torch.lerp(mean, x, c).clamp_(0, 1)
+    return torch.lerp(_gray(x), x, s).clamp_(0, 1)
 
 
 class _Op(Protocol):
