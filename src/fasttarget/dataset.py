@@ -198,3 +198,69 @@ def read_split(directory: str | Path, split: str, num_workers: int | None = None
         images[rows] = batch_images
         labels[rows] = np.asarray(batch_labels).reshape(-1)
     return images, labels
+
+
+def read_labels(directory: str | Path, split: str) -> np.ndarray:
+    """The int64 ``[N]`` labels of ``split`` in index order, read from the beton's metadata (no decoding).
+
+    Example: the per-class rows of an IPC subset,
+    ``select_subset(read_labels(d, "train"), SubsetConfig(ipc=10))``.
+    """
+    from ffcv.reader import Reader
+
+    return np.array(Reader(str(beton_path(directory, split))).metadata["f1"], dtype=np.int64)
+
+
+def check_dataset(directory: str | Path) -> DatasetMeta:
+    """Verify that every beton opens and holds what ``meta.json`` claims, without decoding images.
+
+    Checks per split: the file opens, has the fields ``image``, ``label``, ``index``, holds
+    ``count`` samples, its labels give the recorded per-class counts and its index field
+    numbers the rows ``0..count-1``.
+
+    Raises:
+        UserError: naming the first mismatch.
+    """
+    from ffcv.reader import Reader
+
+    meta = DatasetMeta.load(directory)
+    rerun = f"reconvert with `fasttarget convert ... --out {directory} --force`"
+    for split, info in meta.splits.items():
+        path = beton_path(directory, split)
+        try:
+            reader = Reader(str(path))
+        except Exception as err:  # ffcv raises bare AssertionError/ValueError/IndexError on damaged files
+            raise UserError(f"{path} does not open as a beton ({err!r}): {rerun}") from err
+        if reader.field_names != ["image", "label", "index"]:
+            raise UserError(f"{path} has fields {reader.field_names}, expected image, label, index: {rerun}")
+        if reader.num_samples != info.count:
+            raise UserError(f"{path} holds {reader.num_samples} samples, meta.json says {info.count}: {rerun}")
+        labels, index = reader.metadata["f1"], reader.metadata["f2"]
+        counts = tuple(int(c) for c in np.bincount(labels, minlength=meta.num_classes))
+        if counts != info.class_counts:
+            raise UserError(f"{path} has class counts {counts}, meta.json says {info.class_counts}: {rerun}")
+        if not np.array_equal(index, np.arange(info.count)):
+            raise UserError(f"{path} has an index field that is not 0..{info.count - 1}: {rerun}")
+    return meta
+
+
+def describe(meta: DatasetMeta) -> str:
+    """A human-readable summary of a dataset's meta, several lines."""
+    shape = "x".join(map(str, meta.image_shape)) if meta.image_shape else "variable"
+    quality = f" (quality {meta.jpeg_quality})" if meta.encoding == "jpg" else ""
+    lines = [
+        f"dataset     {meta.dataset} ({meta.num_classes} classes: {', '.join(meta.classes[:5])}"
+        f"{', ...' if meta.num_classes > 5 else ''})",
+        f"images      {shape}, {meta.encoding}{quality}",
+    ]
+    for split, info in meta.splits.items():
+        lo, hi = min(info.class_counts), max(info.class_counts)
+        per_class = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        skipped = f", {info.skipped} unreadable skipped" if info.skipped else ""
+        lines.append(f"{split:<11} {info.count} samples ({per_class} per class){skipped}")
+    lines += [
+        f"mean / std  {', '.join(f'{m:.4f}' for m in meta.mean)} / {', '.join(f'{s:.4f}' for s in meta.std)}",
+        f"fingerprint {meta.fingerprint[:16]}",
+        f"source      {meta.source.get('layout', '?')} at {meta.source.get('path', '?')}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""``fasttarget convert`` / ``inspect`` / ``demo``: getting data into FFCV betons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, subset_config
+from fasttarget.sources import DATASETS
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert")(convert)
+    app.command("inspect")(inspect)
+    app.command("demo")(demo)
+
+
+def convert(
+    dataset: str = typer.Argument(..., help=f"One of: {', '.join(DATASETS)}."),
+    source: Path = typer.Option(..., "--source", help="Folder with the data (the layout folder or its parent)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write train.beton, test.beton, meta.json into."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a converted dataset already in --out."),
+    download: bool = typer.Option(False, "--download", help="Fetch cifar10/cifar100 into --source first (online)."),
+    jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality for images larger than 64 px."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds this."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable image files (counted in meta.json)."),
+    workers: int = typer.Option(0, "--workers", help="Encoding processes (0 = every core)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Convert a dataset into FFCV betons (atomic: an interrupted run leaves no finished-looking file)."""
+    from fasttarget.convert import ConvertConfig
+    from fasttarget.convert import convert as run_convert
+    from fasttarget.dataset import describe
+
+    meta = run_convert(ConvertConfig(
+        dataset=dataset, source=source, out=out, force=force, download=download, jpeg_quality=jpeg_quality,
+        max_side=max_side, skip_bad=skip_bad, num_workers=workers, progress=progress,
+    ))
+    typer.echo(describe(meta))
+    typer.echo(f"wrote {out}")
+
+
+def inspect(
+    directory: Path = typer.Argument(..., help="A directory written by `fasttarget convert`."),
+    ipc: IpcOption = None,
+    fraction: FractionOption = None,
+    subset_seed: SubsetSeedOption = 0,
+) -> None:
+    """Print a converted dataset's summary and check each beton against meta.json (exit 2 on mismatch)."""
+    from fasttarget.dataset import check_dataset, describe
+
+    subset = subset_config(ipc, fraction, subset_seed)
+    meta = check_dataset(directory)
+    typer.echo(describe(meta))
+    if not subset.is_full:
+        import numpy as np
+
+        from fasttarget.dataset import read_labels
+        from fasttarget.subsets import select_subset
+
+        labels = read_labels(directory, "train")
+        counts = np.bincount(labels[select_subset(labels, subset)], minlength=meta.num_classes)
+        typer.echo(f"subset      {subset.describe()}: {counts.sum()} train samples "
+                   f"({counts.min()}..{counts.max()} per class)")
+    typer.echo(f"OK: {directory}")
+
+
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for everything the demo writes."),
+    source: Optional[Path] = typer.Option(
+        None, "--source", help="CIFAR-10 folder to use instead of the bundled sample (e.g. the full data)."),
+    force: bool = typer.Option(False, "--force", help="Redo steps whose output already exists."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Run the end-to-end demo offline on the bundled CIFAR-10 sample (or --source)."""
+    from fasttarget.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=out, source=source, force=force, progress=progress), echo=typer.echo)
