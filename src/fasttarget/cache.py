@@ -1,0 +1,361 @@
+"""The Strategy C target cache: a teacher's logits for every training sample, in HDF5.
+
+:func:`build_cache` runs the teacher once over the un-augmented train split and writes
+``logits [N, K]`` (row ``i`` = sample index ``i``), contiguous and uncompressed so it can be
+memory-mapped. Logits, not probabilities, are stored so the temperature is chosen at read
+time. The file's attributes say what it was made from (teacher checkpoint SHA-256, dataset
+fingerprint, class count) and :meth:`TargetCache.open` refuses a cache that does not match.
+
+Reads bypass h5py: the dataset's byte offset in the file (``dataset.id.get_offset()``) is
+mapped with :class:`numpy.memmap`, and a batch's rows are gathered with ``np.take`` (into a
+pinned buffer when the target is a CUDA device). h5py fancy indexing needs sorted indices
+and is an order of magnitude slower.
+
+The build is atomic: rows go to ``OUT.partial`` next to the output, which is renamed to
+``OUT`` only once every row is written and checksummed. ``OUT.partial`` records how many rows
+are done, so rerunning an interrupted build resumes where it stopped.
+
+Example:
+    >>> from fasttarget.cache import CacheBuildConfig
+    >>> CacheBuildConfig(data="data/cifar10", teacher="t.pt", out="t.h5").dtype
+    'float16'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fasttarget.dataset import DatasetMeta, read_split
+from fasttarget.errors import UserError
+from fasttarget.models import file_sha256
+from fasttarget.targets import TeacherModel, load_teacher
+
+CACHE_FORMAT = "fasttarget-target-cache"
+FORMAT_VERSION = 1
+DTYPES = ("float16", "float32")
+LOGITS = "logits"
+# Rows hashed per read when checksumming: bounded memory for any N.
+_HASH_ROWS = 1 << 16
+
+
+@dataclass(frozen=True)
+class CacheBuildConfig:
+    """What ``fasttarget cache build`` does.
+
+    Args:
+        data: converted dataset directory; its train split is scored.
+        teacher: teacher checkpoint (:func:`fasttarget.models.save_classifier`).
+        out: the HDF5 file to write.
+        temperature: default T recorded in the file (readers may choose another).
+        dtype: storage type of the logits, ``"float16"`` or ``"float32"``.
+        batch_size: images per teacher forward.
+        device: where the teacher runs; ``None`` = CUDA when available, else CPU.
+        compile: ``torch.compile`` the teacher (CUDA only).
+        progress: show a tqdm progress bar on stderr.
+    """
+
+    data: Path
+    teacher: Path
+    out: Path
+    temperature: float = 2.0
+    dtype: str = "float16"
+    batch_size: int = 512
+    device: str | None = None
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("data", "teacher", "out"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be positive, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class CacheBuildReport:
+    """What a build did.
+
+    Args:
+        path: the finished cache.
+        rows: N, rows in the cache.
+        rows_resumed: rows found already done in an interrupted build's ``.partial`` file.
+        seconds: wall time of the teacher passes over the remaining rows.
+    """
+
+    path: Path
+    rows: int
+    rows_resumed: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.rows - self.rows_resumed) / max(self.seconds, 1e-9)
+
+
+def teacher_sha256(path: str | Path) -> str:
+    """SHA-256 naming a teacher checkpoint, the key a cache records its teacher by.
+
+    Raises:
+        UserError: the file does not exist.
+    """
+    if not Path(path).is_file():
+        raise UserError(f"teacher checkpoint {path} does not exist: pass the checkpoint the cache was built from")
+    return file_sha256(path)
+
+
+def partial_path(out: str | Path) -> Path:
+    """The in-progress file of a build writing ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def build_cache(cfg: CacheBuildConfig) -> CacheBuildReport:
+    """Run the teacher over every train sample and write the logits cache atomically.
+
+    Images are normalized exactly as the loader does (data mean/std) and handed to the same
+    :class:`~fasttarget.targets.TeacherModel` Strategy B uses, so a cached row equals B's target
+    for the un-augmented view.
+
+    Raises:
+        UserError: bad dataset directory or teacher, or a teacher with another class count.
+    """
+    meta = DatasetMeta.load(cfg.data)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher, teacher_accuracy = load_teacher(cfg.teacher, meta, device, compile=cfg.compile)
+    images, _ = read_split(cfg.data, "train")
+    identity = {
+        "teacher_sha256": file_sha256(cfg.teacher),
+        "dataset_fingerprint": meta.fingerprint,
+        "split": "train",
+        "num_classes": meta.num_classes,
+        "num_samples": len(images),
+        "dtype": cfg.dtype,
+    }
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(cfg.out)
+    done = _resumable_rows(partial, identity)
+    started = time.perf_counter()
+    with h5py.File(partial, "a" if done else "w") as f:
+        if not done:
+            # Contiguous (no chunks) and uncompressed: the whole block can be memory-mapped.
+            f.create_dataset(LOGITS, shape=(len(images), meta.num_classes), dtype=cfg.dtype)
+            f.attrs.update(identity)
+        logits = f[LOGITS]
+        _score_rows(teacher, images, meta, logits, f, done, cfg)
+        seconds = time.perf_counter() - started
+        del f.attrs["rows_done"]
+        f.attrs.update({
+            "format": CACHE_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "teacher_path": str(cfg.teacher),
+            "teacher_test_accuracy": float(teacher_accuracy),
+            "temperature": float(cfg.temperature),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "logits_sha256": _sha256_rows(logits),
+        })
+    os.replace(partial, cfg.out)
+    return CacheBuildReport(cfg.out, len(images), done, seconds)
+
+
+def _score_rows(
+    teacher: TeacherModel, images: np.ndarray, meta: DatasetMeta,
+    logits: h5py.Dataset, f: h5py.File, start: int, cfg: CacheBuildConfig,
+) -> None:
+    """Write teacher logits for rows ``start..N``, recording progress after each batch."""
+    mean = torch.tensor(meta.mean, device=teacher.device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=teacher.device).view(1, 3, 1, 1)
+    n = len(images)
+    with tqdm(total=n, initial=start, unit="img", desc="cache build", disable=not cfg.progress) as bar:
+        for lo in range(start, n, cfg.batch_size):
+            hi = min(n, lo + cfg.batch_size)
+            x = torch.from_numpy(images[lo:hi]).to(teacher.device).permute(0, 3, 1, 2).float().div_(255)
+            logits[lo:hi] = teacher((x - mean) / std).cpu().numpy().astype(cfg.dtype)
+            # Data first, then the counter: a kill between the two only loses rows, never claims them.
+            f.flush()
+            f.attrs["rows_done"] = hi
+            f.flush()
+            bar.update(hi - lo)
+
+
+def _resumable_rows(partial: Path, identity: dict[str, Any]) -> int:
+    """Rows already done in an interrupted build of the same cache (0, and the file removed, otherwise)."""
+    if not partial.exists():
+        return 0
+    try:
+        with h5py.File(partial, "r") as f:
+            same = all(_attr(f.attrs.get(k)) == v for k, v in identity.items())
+            done = int(f.attrs.get("rows_done", 0)) if same and LOGITS in f else 0
+    except OSError:  # killed mid-flush: HDF5 metadata unreadable, start over
+        done = 0
+    if not done:
+        partial.unlink()
+    return done
+
+
+def _attr(value: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (numpy scalars compare and print cleanly)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode()
+    return value
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: hex digests cut to 12 characters."""
+    text = str(value)
+    return text[:12] + "…" if len(text) == 64 else text
+
+
+def _sha256_rows(array: Any) -> str:
+    """SHA-256 of a 2-D array's bytes in row-major order, read in bounded row blocks."""
+    digest = hashlib.sha256()
+    for lo in range(0, array.shape[0], _HASH_ROWS):
+        digest.update(np.ascontiguousarray(array[lo:lo + _HASH_ROWS]).tobytes())
+    return digest.hexdigest()
+
+
+class TargetCache:
+    """An open logits cache: attributes plus the memory-mapped ``[N, K]`` logits.
+
+    Use :meth:`open`; it checks the file against what the caller expects.
+
+    Attributes:
+        path: the HDF5 file.
+        attrs: its attributes as plain Python values.
+        logits: read-only ``numpy.memmap`` of the stored logits, ``[N, K]``.
+        num_samples, num_classes: N and K.
+    """
+
+    def __init__(self, path: Path, attrs: dict[str, Any], logits: np.memmap):
+        self.path = path
+        self.attrs = attrs
+        self.logits = logits
+        self.num_samples, self.num_classes = logits.shape
+        self._pinned: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+        self._turn = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        expected_fingerprint: str | None = None,
+        num_classes: int | None = None,
+        teacher_sha256: str | None = None,
+    ) -> TargetCache:
+        """Open a finished cache and refuse it if it was made for something else.
+
+        Args:
+            path: the HDF5 file written by :func:`build_cache`.
+            expected_fingerprint: the training dataset's fingerprint (``meta.json``).
+            num_classes: the training dataset's class count.
+            teacher_sha256: SHA-256 of the teacher checkpoint the cache must come from.
+
+        Raises:
+            UserError: missing, incomplete or foreign file, or a mismatch; the message names
+                what differs and how to rebuild.
+        """
+        path = Path(path)
+        rebuild = f"rebuild it with `fasttarget cache build --data DIR --teacher CKPT --out {path}`"
+        if not path.is_file():
+            if partial_path(path).exists():
+                raise UserError(f"target cache {path} was not finished (found {partial_path(path).name}): "
+                                "rerun the same `fasttarget cache build` command to complete it")
+            raise UserError(f"target cache {path} does not exist: build it with "
+                            f"`fasttarget cache build --data DIR --teacher CKPT --out {path}`")
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {k: _attr(v) for k, v in f.attrs.items()}
+                ds = f.get(LOGITS)
+                layout = None if ds is None else (ds.shape, ds.dtype, ds.id.get_offset(), ds.chunks, ds.compression)
+        except OSError as err:
+            raise UserError(f"{path} is not a readable HDF5 file ({err}): {rebuild}") from err
+        if attrs.get("format") != CACHE_FORMAT or layout is None:
+            raise UserError(f"{path} is not a fasttarget target cache: {rebuild}")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{path} has cache format version {attrs.get('format_version')}, this fasttarget "
+                            f"reads {FORMAT_VERSION}: {rebuild}")
+        shape, dtype, offset, chunks, compression = layout
+        if offset is None or chunks is not None or compression is not None:
+            raise UserError(f"{path}: its logits are chunked or compressed and cannot be memory-mapped: {rebuild}")
+        checks = (
+            ("dataset fingerprint", "dataset_fingerprint", expected_fingerprint,
+             "it was built from another dataset (or another conversion of it)"),
+            ("number of classes", "num_classes", num_classes, "it was built for a dataset with another class count"),
+            ("teacher SHA-256", "teacher_sha256", teacher_sha256, "it was built from another teacher checkpoint"),
+        )
+        for what, key, expected, why in checks:
+            if expected is not None and attrs.get(key) != expected:
+                raise UserError(f"target cache {path} does not match: {what} is {_short(attrs.get(key))}, "
+                                f"expected {_short(expected)} ({why}): {rebuild}")
+        logits = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return cls(path, attrs, logits)
+
+    def verify(self) -> bool:
+        """Whether the logits still hash to the checksum recorded when the cache was built."""
+        return _sha256_rows(self.logits) == self.attrs.get("logits_sha256")
+
+    def gather(self, indices: torch.Tensor | np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The stored logits of the given sample indices, in the stored dtype, on ``device``.
+
+        Rows are gathered from the memory map on the host; for a CUDA device they land in a
+        pinned buffer and are copied with ``non_blocking=True`` on the current stream.
+
+        Args:
+            indices: int ``[B]`` sample indices (any device; CUDA indices are copied to the host).
+            device: where the result goes.
+
+        Returns:
+            ``[B, K]`` logits.
+
+        Raises:
+            IndexError: an index outside ``[0, N)``.
+        """
+        if isinstance(indices, torch.Tensor):
+            indices = indices.cpu().numpy()
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
+            raise IndexError(f"sample index out of range [0, {self.num_samples}) in {self.path}")
+        device = torch.device(device)
+        if device.type != "cuda":
+            return torch.from_numpy(np.take(self.logits, rows, axis=0))
+        buffer, copied = self._pinned_buffer(len(rows))
+        copied.synchronize()  # the previous copy out of this buffer has finished
+        host = buffer[: len(rows)]
+        # mode="clip" lets np.take write into `out` directly (mode="raise" buffers); bounds were checked above.
+        np.take(self.logits, rows, axis=0, out=host.numpy(), mode="clip")
+        out = host.to(device, non_blocking=True)
+        copied.record(torch.cuda.current_stream(device))
+        return out
+
+    def _pinned_buffer(self, count: int) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """The next of two alternating pinned ``[≥count, K]`` host buffers and its copy-done event.
+
+        Alternating lets the gather of batch n+1 fill one buffer while batch n's copy may still
+        read the other; the event stops a buffer being overwritten before its copy finished.
+        """
+        if not self._pinned or self._pinned[0][0].shape[0] < count:
+            dtype = torch.from_numpy(self.logits[:0]).dtype
+            self._pinned = [
+                (torch.empty((count, self.num_classes), dtype=dtype, pin_memory=True), torch.cuda.Event())
+                for _ in range(2)
+            ]
+        self._turn ^= 1
+        return self._pinned[self._turn]
+
+    def __repr__(self) -> str:
+        return f"TargetCache({str(self.path)!r}, rows={self.num_samples}, classes={self.num_classes})"

@@ -1,0 +1,63 @@
+"""``fasttarget cache build`` / ``fasttarget cache inspect``: the Strategy C logits cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fasttarget.cache import DTYPES, CacheBuildConfig, TargetCache, build_cache, teacher_sha256
+from fasttarget.dataset import DatasetMeta
+from fasttarget.errors import UserError
+
+cache_app = typer.Typer(help="Build and inspect the teacher-logits cache of Strategy C.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("build")
+def build(
+    data: Path = typer.Option(..., "--data", help="Converted dataset directory; its train split is scored."),
+    teacher: Path = typer.Option(..., "--teacher", help="Teacher checkpoint (.pt written by fasttarget)."),
+    out: Path = typer.Option(..., "--out", help="HDF5 file to write (e.g. targets.h5)."),
+    temperature: float = typer.Option(2.0, "--temperature", help="Default temperature recorded in the file."),
+    dtype: str = typer.Option("float16", "--dtype", help=f"Logit storage type: {' or '.join(DTYPES)}."),
+    batch_size: int = typer.Option(512, "--batch-size", help="Images per teacher forward."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the teacher (CUDA only)."),
+) -> None:
+    """Run the teacher once over every training sample and write its logits (atomic, resumable)."""
+    cfg = CacheBuildConfig(
+        data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype,
+        batch_size=batch_size, device=device, compile=compile,
+    )
+    report = build_cache(cfg)
+    resumed = f", resumed after {report.rows_resumed} rows" if report.rows_resumed else ""
+    typer.echo(f"wrote {report.path}: {report.rows} rows{resumed}, {report.images_per_second:.0f} img/s")
+
+
+@cache_app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(..., help="The cache file."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Also check it was built for this dataset directory."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Also check it was built from this checkpoint."),
+) -> None:
+    """Print a cache's attributes and verify its checksum (exit code 2 on a mismatch or a bad checksum)."""
+    meta = DatasetMeta.load(data) if data is not None else None
+    cache = TargetCache.open(
+        path,
+        expected_fingerprint=meta.fingerprint if meta else None,
+        num_classes=meta.num_classes if meta else None,
+        teacher_sha256=teacher_sha256(teacher) if teacher is not None else None,
+    )
+    typer.echo(f"{path}")
+    typer.echo(f"  logits: {cache.num_samples} x {cache.num_classes} {cache.logits.dtype}")
+    for key, value in sorted(cache.attrs.items()):
+        typer.echo(f"  {key}: {value}")
+    if not cache.verify():
+        raise UserError(f"{path}: logits checksum does not match (the file is corrupted): rebuild it with "
+                        f"`fasttarget cache build --data DIR --teacher CKPT --out {path}`")
+    typer.echo("  checksum: ok")

@@ -1,0 +1,291 @@
+"""Target providers: what each training view is mapped to (the paper's Strategies A, B, C).
+
+A provider turns a loader :class:`~fasttarget.loader.Batch` into a ``[B, K]`` probability
+tensor on the batch's device (rows sum to 1). The classifier head's hard labels are
+``batch.labels`` (mixed through ``batch.record`` like the targets).
+
+- **A** (:class:`OneHotTargets`): one-hot of the label; under MixUp/CutMix
+  ``λ·onehot(yᵢ) + (1−λ)·onehot(y_perm(i))``.
+- **B** (:class:`TeacherTargets`): ``softmax(teacher(view) / T)`` on exactly the augmented,
+  possibly mixed, images the student receives — one soft target per view.
+- **C** (:class:`CachedTargets`): ``softmax(teacher(original) / T)`` of the un-augmented sample,
+  read from the logits cache by sample index (:mod:`fasttarget.cache`), then mixed with the
+  batch's λ and permutation — every view of a sample shares one target.
+
+The teacher is wrapped once by :class:`TeacherModel` (eval mode, no grad, its own input
+normalization, channels_last, and on CUDA bf16 autocast + optional ``torch.compile``), so
+Strategy B and the cache builder run the very same forward.
+
+Example:
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> from fasttarget.targets import OneHotTargets
+    >>> record = SimpleNamespace(mix=lambda t: t)  # an AugRecord without a mix
+    >>> batch = SimpleNamespace(labels=torch.tensor([2, 0]), record=record)
+    >>> OneHotTargets(3)(batch)
+    tensor([[0., 0., 1.],
+            [1., 0., 0.]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fasttarget.errors import UserError
+from fasttarget.models import load_classifier
+
+if TYPE_CHECKING:
+    from fasttarget.cache import TargetCache
+    from fasttarget.dataset import DatasetMeta
+    from fasttarget.loader import Batch
+
+STRATEGIES = ("A", "B", "C")
+
+
+@runtime_checkable
+class TargetProvider(Protocol):
+    """Maps a batch to its targets.
+
+    Attributes:
+        num_classes: K, the width of the returned rows.
+    """
+
+    num_classes: int
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        """Return float32 ``[B, K]`` probabilities on ``batch.images.device``; rows sum to 1."""
+        ...
+
+
+class OneHotTargets:
+    """Strategy A: the one-hot label, mixed with the batch's MixUp/CutMix λ and permutation.
+
+    Args:
+        num_classes: K.
+    """
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        onehot = F.one_hot(batch.labels, self.num_classes).to(torch.float32)
+        return batch.record.mix(onehot)
+
+
+class TeacherModel:
+    """A frozen teacher ready to score student inputs: ``images → float32 logits [B, K]``.
+
+    It takes images normalized with the *data's* mean/std (what the loader emits) and, when the
+    teacher was trained with another normalization, maps them to the teacher's own with one
+    affine op, ``x·(σ_d/σ_t) + (μ_d−μ_t)/σ_t`` (un-normalize, re-normalize). It runs
+    channels_last (faster for convolutions on CPU too); on CUDA under bf16 autocast and, if asked,
+    ``torch.compile``\\ d, on CPU in float32.
+
+    Args:
+        net: the teacher network (returns logits); put in eval mode and frozen here.
+        data_mean, data_std: per-channel normalization of the incoming images (0..1 scale).
+        teacher_mean, teacher_std: normalization the teacher was trained with; ``None`` = same as data.
+        compile: ``torch.compile`` the forward (CUDA only; ignored on CPU where it does not pay off).
+
+    Shape:
+        - Input: ``[B, 3, H, W]`` float, on the teacher's device.
+        - Output: ``[B, K]`` float32.
+
+    Example:
+        >>> import torch
+        >>> from fasttarget.models import ModelConfig, build_classifier
+        >>> net = build_classifier(ModelConfig(width=0.125, num_classes=10))
+        >>> teacher = TeacherModel(net, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        >>> teacher(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        data_mean: Sequence[float],
+        data_std: Sequence[float],
+        teacher_mean: Sequence[float] | None = None,
+        teacher_std: Sequence[float] | None = None,
+        compile: bool = False,
+    ):
+        self.net = net.eval().requires_grad_(False)
+        param = next(net.parameters())
+        self.device = param.device
+        self.num_classes = _num_classes(net)
+        self._cuda = self.device.type == "cuda"
+        self._scale, self._shift = _renormalization(
+            data_mean, data_std,
+            data_mean if teacher_mean is None else teacher_mean,
+            data_std if teacher_std is None else teacher_std,
+            self.device,
+        )
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.net) if compile and self._cuda else self.net
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self._scale is not None:
+            images = torch.addcmul(self._shift, images, self._scale)
+        images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda):
+            return self._forward(images).float()
+
+
+def load_teacher(
+    path: str | Path, meta: DatasetMeta, device: str | torch.device, compile: bool = False
+) -> tuple[TeacherModel, float]:
+    """Load a teacher checkpoint for a dataset and wrap it.
+
+    Args:
+        path: a checkpoint written by :func:`fasttarget.models.save_classifier`.
+        meta: the dataset the teacher will score (its class count and normalization).
+        device: where the teacher runs.
+        compile: see :class:`TeacherModel`.
+
+    Returns:
+        The wrapped teacher and the test accuracy recorded in its checkpoint.
+
+    Raises:
+        UserError: the checkpoint is unreadable or has a different number of classes.
+    """
+    net, info = load_classifier(path, device)
+    if info.model.num_classes != meta.num_classes:
+        raise UserError(
+            f"teacher {path} predicts {info.model.num_classes} classes but the dataset has "
+            f"{meta.num_classes}: use a teacher trained on this dataset"
+        )
+    teacher = TeacherModel(net, meta.mean, meta.std, info.mean, info.std, compile=compile)
+    return teacher, info.test_accuracy
+
+
+class TeacherTargets:
+    """Strategy B: ``softmax(teacher(view) / T)`` on the exact (augmented, mixed) student input.
+
+    Images are not mixed again here: a mixed view is itself the sample, so the teacher scores it
+    as is.
+
+    Args:
+        teacher: a :class:`TeacherModel`; a bare ``nn.Module`` is wrapped assuming it expects the
+            data's normalization (identity re-normalization).
+        temperature: T (2.0 in the paper).
+    """
+
+    def __init__(self, teacher: TeacherModel | nn.Module, temperature: float = 2.0):
+        if not isinstance(teacher, TeacherModel):
+            teacher = TeacherModel(teacher, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.teacher = teacher
+        self.temperature = _check_temperature(temperature)
+        self.num_classes = teacher.num_classes
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return torch.softmax(self.teacher(batch.images) / self.temperature, dim=1)
+
+
+class CachedTargets:
+    """Strategy C: the cached ``softmax(teacher(original) / T)`` of each sample, mixed like the views.
+
+    Args:
+        cache: an open :class:`~fasttarget.cache.TargetCache`.
+        temperature: T, applied to the stored logits at read time.
+    """
+
+    def __init__(self, cache: TargetCache, temperature: float = 2.0):
+        self.cache = cache
+        self.temperature = _check_temperature(temperature)
+        self.num_classes = cache.num_classes
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        logits = self.cache.gather(batch.indices, batch.images.device)
+        return batch.record.mix(torch.softmax(logits.float() / self.temperature, dim=1))
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Which targets to train on.
+
+    Args:
+        strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
+        temperature: T of the soft targets (B and C).
+        teacher: teacher checkpoint; required for B. For C it is optional and, when given, the
+            cache must have been built from exactly this file (checked by SHA-256).
+        cache: the logits cache written by ``fasttarget cache build``; required for C.
+        compile: ``torch.compile`` the teacher (B on CUDA only).
+    """
+
+    strategy: str = "A"
+    temperature: float = 2.0
+    teacher: Path | None = None
+    cache: Path | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        _check_temperature(self.temperature)
+        if self.strategy == "B" and self.teacher is None:
+            raise UserError("strategy B needs a teacher: pass --teacher CKPT")
+        if self.strategy == "C" and self.cache is None:
+            raise UserError("strategy C needs a target cache: build one with `fasttarget cache build` and pass --cache FILE")
+
+
+def build_targets(cfg: TargetConfig, meta: DatasetMeta, device: str | torch.device) -> TargetProvider:
+    """Build the target provider of a strategy for a dataset.
+
+    Args:
+        cfg: the strategy and its inputs.
+        meta: the training dataset (class count, normalization, fingerprint checked against a cache).
+        device: where B's teacher runs.
+
+    Raises:
+        UserError: a missing or mismatched teacher or cache.
+    """
+    if cfg.strategy == "A":
+        return OneHotTargets(meta.num_classes)
+    if cfg.strategy == "B":
+        teacher, _ = load_teacher(cfg.teacher, meta, device, compile=cfg.compile)
+        return TeacherTargets(teacher, cfg.temperature)
+    # Imported here: the cache builder runs TeacherModel, so fasttarget.cache imports this module.
+    from fasttarget.cache import TargetCache, teacher_sha256
+
+    cache = TargetCache.open(
+        cfg.cache,
+        expected_fingerprint=meta.fingerprint,
+        num_classes=meta.num_classes,
+        teacher_sha256=teacher_sha256(cfg.teacher) if cfg.teacher is not None else None,
+    )
+    return CachedTargets(cache, cfg.temperature)
+
+
+def _check_temperature(temperature: float) -> float:
+    if not temperature > 0:
+        raise UserError(f"--temperature must be positive, got {temperature}")
+    return float(temperature)
+
+
+def _num_classes(net: nn.Module) -> int:
+    config = getattr(net, "config", None)
+    if config is not None:
+        return config.num_classes
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+    return last.out_features
+
+
+def _renormalization(
+    data_mean: Sequence[float], data_std: Sequence[float],
+    teacher_mean: Sequence[float], teacher_std: Sequence[float],
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Scale and shift mapping data-normalized images to teacher-normalized ones (None if identity)."""
+    dm, ds, tm, ts = (torch.tensor(v, dtype=torch.float64) for v in (data_mean, data_std, teacher_mean, teacher_std))
+    scale, shift = ds / ts, (dm - tm) / ts
+    if torch.allclose(scale, torch.ones_like(scale), atol=1e-6) and torch.allclose(shift, torch.zeros_like(shift), atol=1e-6):
+        return None, None
+    return tuple(v.to(device=device, dtype=torch.float32).view(1, -1, 1, 1) for v in (scale, shift))
