@@ -1,10 +1,10 @@
 """Batched crop-and-resize: one box per sample, bilinear, Kornia's corner-aligned convention.
 
 Kornia's ``RandomResizedCrop`` (default ``cropping_mode="slice"``, ``align_corners=True``) crops
-each sample with a slice and resizes it with ``F.interpolate`` one sample at a time, which is
-launch-bound for small images. Bilinear resizing is separable, so for a whole batch it is two
-batched matrix products: ``out[b, c] = Ry[b] @ img[b, c] @ Rx[b]^T`` where ``Ry[b]`` (``[out_h, H]``)
-and ``Rx[b]`` (``[out_w, W]``) hold each output row's/column's two interpolation weights.
+each sample with a slice and resizes it with ``F.interpolate`` one sample at a time: hundreds of
+small ops per batch. Here the whole batch is one ``F.grid_sample`` whose sampling grid is built
+directly from the boxes (an axis-aligned box needs no ``affine_grid`` matrix product: the x
+coordinate depends on the output column only, the y coordinate on the row only).
 
 Convention (as Kornia's ``crop_by_indices`` with ``align_corners=True``): a box is the inclusive
 pixel corners ``(x0, y0, x1, y1)``; output column ``j`` samples source column
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def interpolation_matrix(start: Tensor, end: Tensor, out_size: int, in_size: int) -> Tensor:
-    """Corner-aligned linear interpolation weights ``[B, out_size, in_size]`` for one axis.
+def sample_positions(start: Tensor, end: Tensor, out_size: int, in_size: int) -> Tensor:
+    """Source coordinates of ``out_size`` corner-aligned samples, normalized to ``[-1, 1]``.
 
     Args:
         start: float ``[B]``, first source coordinate (inclusive pixel index).
@@ -29,21 +29,17 @@ def interpolation_matrix(start: Tensor, end: Tensor, out_size: int, in_size: int
         out_size: number of output samples along the axis.
         in_size: number of source pixels along the axis.
 
+    Returns:
+        float ``[B, out_size]`` in ``grid_sample``'s ``align_corners=True`` convention.
+
     Example:
-        >>> interpolation_matrix(torch.tensor([0.0]), torch.tensor([1.0]), 3, 2)
-        tensor([[[1.0000, 0.0000],
-                 [0.5000, 0.5000],
-                 [0.0000, 1.0000]]])
+        >>> sample_positions(torch.tensor([1.0]), torch.tensor([3.0]), 3, 5)
+        tensor([[-0.5000,  0.0000,  0.5000]])
     """
     start = start.float()
     step = (end.float() - start) / max(out_size - 1, 1)
-    j = torch.arange(out_size, device=start.device, dtype=torch.float32)
-    pos = start[:, None] + j * step[:, None]  # [B, out]
-    lo = pos.floor().clamp(0, in_size - 1)
-    frac = pos - lo
-    hi = (lo + 1).clamp(max=in_size - 1)
-    src = torch.arange(in_size, device=start.device, dtype=torch.float32)
-    return (1 - frac)[..., None] * (src == lo[..., None]) + frac[..., None] * (src == hi[..., None])
+    pos = start[:, None] + torch.arange(out_size, device=start.device, dtype=torch.float32) * step[:, None]
+    return pos * (2.0 / max(in_size - 1, 1)) - 1.0
 
 
 def resized_crop(images: Tensor, boxes: Tensor, size: Sequence[int]) -> Tensor:
@@ -65,13 +61,13 @@ def resized_crop(images: Tensor, boxes: Tensor, size: Sequence[int]) -> Tensor:
                   [ 9.0000,  9.5000, 10.0000]]]])
     """
     out_h, out_w = int(size[0]), int(size[1])
+    b, _, h, w = images.shape
     boxes = boxes.to(images.device)
-    ry = interpolation_matrix(boxes[:, 1], boxes[:, 3], out_h, images.shape[-2]).to(images.dtype)
-    rx = interpolation_matrix(boxes[:, 0], boxes[:, 2], out_w, images.shape[-1]).to(images.dtype)
-    b, c, h, w = images.shape
-    # Columns first as one [B, C*H, W] x [B, W, out_w] product, then rows per channel.
-    cols = torch.bmm(images.reshape(b, c * h, w), rx.transpose(1, 2)).view(b, c, h, out_w)
-    return torch.matmul(ry.unsqueeze(1), cols)
+    xs = sample_positions(boxes[:, 0], boxes[:, 2], out_w, w).to(images.dtype)
+    ys = sample_positions(boxes[:, 1], boxes[:, 3], out_h, h).to(images.dtype)
+    grid = torch.stack([xs[:, None, :].expand(b, out_h, out_w), ys[:, :, None].expand(b, out_h, out_w)], -1)
+    # "border": coordinates are inside the image, but normalizing can round a hair past its edge.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def resized_crop_reference(images: Tensor, boxes: Tensor, size: Sequence[int]) -> Tensor:

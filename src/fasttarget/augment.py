@@ -346,9 +346,13 @@ class ResizedCrop:
         return float(width), float(height)
 
     def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
-        out = resized_crop(images, params["boxes"], images.shape[-2:])
-        # Bilinear weights sum to 1 only up to rounding; keep the [0, 1] contract exact.
-        return out.clamp_(0, 1)
+        h, w = images.shape[-2:]
+        boxes = params["boxes"]
+        out = resized_crop(images, boxes, (h, w))
+        # Normalized grid coordinates are rounded, so a whole-image box (unapplied samples, or
+        # a crop that drew the whole image) is only nearly the identity: select the input there.
+        whole = torch.tensor([0.0, 0.0, w - 1.0, h - 1.0], device=boxes.device)
+        return torch.where(_per_sample((boxes != whole).any(1)), out.clamp_(0, 1), images)
 
 
 def _pairing(n: int, generator: torch.Generator) -> Tensor:
