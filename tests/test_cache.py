@@ -1,0 +1,209 @@
+"""The Strategy C logits cache: build (via the CLI), layout, memmap reads, refusals, atomicity."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from test_targets import cifar1k_dir, normalize, save_teacher  # noqa: F401 (cifar1k_dir is a fixture)
+
+from fasttarget.cache import FORMAT_VERSION, CacheBuildConfig, TargetCache, build_cache, partial_path
+from fasttarget.cli import main
+from fasttarget.dataset import DatasetMeta, read_split
+from fasttarget.errors import UserError
+from fasttarget.models import file_sha256, load_classifier
+
+BUILD_BATCH = 64
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``fasttarget ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["fasttarget", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
+@pytest.fixture(scope="module")
+def built(cifar1k_dir, tmp_path_factory):
+    """A float16 cache of 1,000 real CIFAR-10 images, built by ``fasttarget cache build``."""
+    sample_dir = cifar1k_dir
+    root = tmp_path_factory.mktemp("cache")
+    meta = DatasetMeta.load(sample_dir)
+    teacher = save_teacher(root / "teacher.pt", meta)
+    out = root / "targets.h5"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["fasttarget", "cache", "build", "--data", str(sample_dir), "--teacher", str(teacher),
+                                 "--out", str(out), "--batch-size", "256", "--device", "cpu"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    assert not exit_info.value.code
+    return sample_dir, meta, teacher, out
+
+
+def teacher_logits(sample_dir, meta, teacher, rows=slice(None)) -> np.ndarray:
+    images = torch.from_numpy(read_split(sample_dir, "train")[0][rows]).permute(0, 3, 1, 2).float().div(255)
+    net, _ = load_classifier(teacher)
+    with torch.no_grad():
+        return net(normalize(images, meta.mean, meta.std)).numpy()
+
+
+def test_build_writes_a_contiguous_cache_with_its_provenance(built):
+    sample_dir, meta, teacher, out = built
+    cache = TargetCache.open(out, expected_fingerprint=meta.fingerprint, num_classes=meta.num_classes,
+                             teacher_sha256=file_sha256(teacher))
+    assert (cache.num_samples, cache.num_classes) == (meta.count("train"), meta.num_classes)
+    assert cache.logits.dtype == np.float16 and isinstance(cache.logits, np.memmap)
+    attrs = cache.attrs
+    assert attrs["format_version"] == FORMAT_VERSION and attrs["split"] == "train"
+    assert attrs["teacher_sha256"] == file_sha256(teacher) and attrs["teacher_test_accuracy"] == pytest.approx(0.1)
+    assert attrs["dataset_fingerprint"] == meta.fingerprint and attrs["num_classes"] == meta.num_classes
+    assert attrs["temperature"] == 2.0 and attrs["dtype"] == "float16" and attrs["created"].endswith("Z")
+    assert "rows_done" not in attrs and not partial_path(out).exists()
+    assert cache.verify()
+    with h5py.File(out, "r") as f:
+        assert f["logits"].chunks is None and f["logits"].compression is None
+
+
+def test_rows_equal_a_fresh_teacher_pass_over_the_originals(built):
+    sample_dir, meta, teacher, out = built
+    expected = teacher_logits(sample_dir, meta, teacher)
+    cache = TargetCache.open(out)
+    # Row i is sample i, to float16 precision (|logit| < 8: half-ulp ≤ 2^-8).
+    np.testing.assert_allclose(cache.logits.astype(np.float32), expected, atol=4e-3, rtol=1e-3)
+
+
+def test_memmap_gather_equals_h5py_reads(built):
+    out = built[3]
+    cache = TargetCache.open(out)
+    indices = torch.randint(0, cache.num_samples, (300,), generator=torch.Generator().manual_seed(0))
+    got = cache.gather(indices, "cpu")
+    with h5py.File(out, "r") as f:
+        unique, inverse = np.unique(indices.numpy(), return_inverse=True)
+        expected = f["logits"][unique][inverse]  # h5py fancy indexing wants sorted, unique indices
+    assert got.dtype == torch.float16 and got.shape == (300, cache.num_classes)
+    np.testing.assert_array_equal(got.numpy(), expected)
+    with pytest.raises(IndexError):
+        cache.gather(torch.tensor([cache.num_samples]))
+
+
+@pytest.mark.parametrize("mismatch", ["fingerprint", "num_classes", "teacher"])
+def test_open_refuses_a_cache_made_for_something_else(built, mismatch, tmp_path):
+    sample_dir, meta, teacher, out = built
+    expect = {"expected_fingerprint": meta.fingerprint, "num_classes": meta.num_classes,
+              "teacher_sha256": file_sha256(teacher)}
+    if mismatch == "fingerprint":
+        expect["expected_fingerprint"] = "0" * 64
+        named = "dataset fingerprint"
+    elif mismatch == "num_classes":
+        expect["num_classes"] = 100
+        named = "number of classes is 10, expected 100"
+    else:
+        expect["teacher_sha256"] = file_sha256(save_teacher(tmp_path / "other.pt", meta, seed=1))
+        named = "teacher SHA-256"
+    with pytest.raises(UserError, match=named) as err:
+        TargetCache.open(out, **expect)
+    assert "fasttarget cache build" in str(err.value)
+
+
+def test_open_refuses_missing_unfinished_and_foreign_files(built, tmp_path):
+    out = built[3]
+    with pytest.raises(UserError, match="does not exist"):
+        TargetCache.open(tmp_path / "none.h5")
+    partial_path(tmp_path / "half.h5").write_bytes(b"")
+    with pytest.raises(UserError, match="not finished"):
+        TargetCache.open(tmp_path / "half.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(UserError, match="not a readable HDF5"):
+        TargetCache.open(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["logits"] = np.zeros((4, 10), np.float16)
+    with pytest.raises(UserError, match="not a fasttarget target cache"):
+        TargetCache.open(tmp_path / "plain.h5")
+    with h5py.File(out, "r") as src, h5py.File(tmp_path / "chunked.h5", "w") as f:
+        f.create_dataset("logits", data=src["logits"][:], chunks=(16, 10), compression="gzip")
+        f.attrs.update(src.attrs)
+    with pytest.raises(UserError, match="cannot be memory-mapped"):
+        TargetCache.open(tmp_path / "chunked.h5")
+
+
+def test_corrupted_logits_fail_verification_and_inspect_exits_2(built, tmp_path, monkeypatch, capsys):
+    sample_dir, _, teacher, out = built
+    code, stdout, _ = run_cli(monkeypatch, capsys, "cache", "inspect", out, "--data", sample_dir, "--teacher", teacher)
+    assert code == 0 and "checksum: ok" in stdout and "teacher_sha256" in stdout
+    bad = shutil.copy(out, tmp_path / "bad.h5")
+    cache = TargetCache.open(bad)
+    offset = cache.logits.offset
+    with open(bad, "r+b") as fh:  # flip one stored logit
+        fh.seek(offset + 7)
+        byte = fh.read(1)
+        fh.seek(offset + 7)
+        fh.write(bytes([byte[0] ^ 0x40]))
+    assert not TargetCache.open(bad).verify()
+    code, _, stderr = run_cli(monkeypatch, capsys, "cache", "inspect", bad)
+    assert code == 2 and stderr.count("\n") == 1 and "checksum does not match" in stderr
+
+
+def test_cli_refusals_are_one_line_exit_2(built, tmp_path, monkeypatch, capsys):
+    sample_dir, meta, _, out = built
+    other = save_teacher(tmp_path / "other.pt", meta, seed=2)
+    code, _, stderr = run_cli(monkeypatch, capsys, "cache", "inspect", out, "--teacher", other)
+    assert code == 2 and stderr.count("\n") == 1 and "teacher SHA-256" in stderr
+    wrong_k = save_teacher(tmp_path / "k5.pt", meta, num_classes=5)
+    code, _, stderr = run_cli(monkeypatch, capsys, "cache", "build", "--data", sample_dir, "--teacher", wrong_k,
+                              "--out", tmp_path / "x.h5")
+    assert code == 2 and stderr.count("\n") == 1 and "predicts 5 classes" in stderr
+    code, _, stderr = run_cli(monkeypatch, capsys, "cache", "build", "--data", sample_dir, "--teacher", other,
+                              "--out", tmp_path / "x.h5", "--dtype", "int8")
+    assert code == 2 and "--dtype" in stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+# Kills its own process (SIGKILL: no cleanup, like a power cut or an OOM kill) during the 4th teacher forward.
+_KILLED_BUILD = """
+import os, signal
+from fasttarget import targets
+from fasttarget.cache import CacheBuildConfig, build_cache
+forward = targets.TeacherModel.__call__
+calls = []
+def dying(self, images):
+    calls.append(1)
+    if len(calls) == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return forward(self, images)
+targets.TeacherModel.__call__ = dying
+build_cache(CacheBuildConfig({data!r}, {teacher!r}, {out!r}, batch_size={batch}, progress=False))
+"""
+
+
+def test_interrupted_build_leaves_nothing_complete_and_rerun_finishes(built, tmp_path):
+    sample_dir, meta, teacher, _ = built
+    out = tmp_path / "targets.h5"
+    script = _KILLED_BUILD.format(data=str(sample_dir), teacher=str(teacher), out=str(out), batch=BUILD_BATCH)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists() and partial_path(out).exists()
+    with pytest.raises(UserError, match="not finished"):
+        TargetCache.open(out)
+    report = build_cache(CacheBuildConfig(sample_dir, teacher, out, batch_size=BUILD_BATCH, progress=False))
+    assert report.rows_resumed == 3 * BUILD_BATCH and report.rows == meta.count("train")
+    assert not partial_path(out).exists()
+    cache = TargetCache.open(out, expected_fingerprint=meta.fingerprint, teacher_sha256=file_sha256(teacher))
+    assert cache.verify()
+    # Same rows as the uninterrupted build (other batch size: equal to float16 rounding).
+    uninterrupted = TargetCache.open(built[3]).logits.astype(np.float32)
+    np.testing.assert_allclose(cache.logits.astype(np.float32), uninterrupted, atol=4e-3, rtol=1e-3)
+
+
+def test_build_config_validates():
+    with pytest.raises(UserError, match="--batch-size"):
+        CacheBuildConfig("d", "t.pt", "o.h5", batch_size=0)
+    with pytest.raises(UserError, match="--temperature"):
+        CacheBuildConfig("d", "t.pt", "o.h5", temperature=-1.0)

@@ -1,0 +1,219 @@
+"""Strategy A/B/C target providers on real CIFAR-10 images (its first 1,000 training images).
+
+The teacher is a narrow ResNet-18 (width 0.125) with seeded random weights whose head is
+scaled ×3, so its soft targets are far from uniform (mean top probability ≈ 0.7 at T=2) yet
+not saturated, and a wrong row, view, normalization or mix shows.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fasttarget.augment import build_augment
+from fasttarget.cache import CacheBuildConfig, build_cache
+from fasttarget.convert import ConvertConfig, convert
+from fasttarget.dataset import DatasetMeta, read_split
+from fasttarget.errors import UserError
+from fasttarget.loader import Batch
+from fasttarget.models import CheckpointInfo, ModelConfig, build_classifier, load_classifier, save_classifier
+from fasttarget.targets import (
+    CachedTargets,
+    OneHotTargets,
+    TargetConfig,
+    TargetProvider,
+    TeacherModel,
+    TeacherTargets,
+    build_targets,
+)
+
+AUGMENTS = ("noaug", "stdaug", "mixup", "cutmix", "stdaug+mixup", "stdaug+cutmix")
+T = 2.0
+BATCH = 32
+
+
+def save_teacher(path, meta: DatasetMeta, seed: int = 0, mean=None, std=None, num_classes=None):
+    """A seeded narrow teacher checkpoint; its head is scaled ×3 so targets are peaked, not saturated."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(width=0.125, num_classes=num_classes or meta.num_classes)
+    net = build_classifier(cfg)
+    with torch.no_grad():
+        net.head.weight.mul_(3)
+    info = CheckpointInfo(cfg, 0.1, meta.fingerprint, mean or meta.mean, std or meta.std)
+    return save_classifier(path, net, info)
+
+
+@pytest.fixture(scope="module")
+def cifar1k_dir(cifar10_source, tmp_path_factory):
+    """Real CIFAR-10's first 1,000 train and 200 test images, converted once per session.
+
+    Small enough that building a cache and checking it against fresh teacher passes stays cheap
+    on CPU; kept under the session's base temp so test modules share it.
+    """
+    out = tmp_path_factory.getbasetemp() / "cifar10-1k"
+    if not (out / "meta.json").is_file():
+        source = tmp_path_factory.mktemp("cifar10-1k-source")
+        for name, count in (("data_batch_1.bin", 1000), ("test_batch.bin", 200)):
+            with open(cifar10_source / name, "rb") as fh:
+                (source / name).write_bytes(fh.read(count * 3073))  # 1 label byte + 3,072 pixels per record
+        shutil.copy(cifar10_source / "batches.meta.txt", source)
+        convert(ConvertConfig("cifar10", source, out, force=True, progress=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(cifar1k_dir):
+    meta = DatasetMeta.load(cifar1k_dir)
+    images, labels = read_split(cifar1k_dir, "train")
+    return cifar1k_dir, meta, images, labels
+
+
+@pytest.fixture(scope="module")
+def teacher_path(data, tmp_path_factory):
+    _, meta, _, _ = data
+    return save_teacher(tmp_path_factory.mktemp("teacher") / "teacher.pt", meta)
+
+
+@pytest.fixture(scope="module")
+def cache_path(data, teacher_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "targets.h5"
+    build_cache(CacheBuildConfig(data[0], teacher_path, out, batch_size=256, dtype="float32", progress=False))
+    return out
+
+
+def normalize(raw: torch.Tensor, mean, std) -> torch.Tensor:
+    return (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def originals(data, indices: torch.Tensor) -> torch.Tensor:
+    """uint8 HWC rows → float [B,3,H,W] in [0,1]."""
+    return torch.from_numpy(data[2][indices.numpy()]).permute(0, 3, 1, 2).float().div(255)
+
+
+def make_batch(data, augment: str, seed: int = 0) -> Batch:
+    """One augmented, normalized batch of random train samples, as the loader would emit it."""
+    _, meta, _, labels = data
+    gen = torch.Generator().manual_seed(seed)
+    indices = torch.randperm(len(labels), generator=gen)[:BATCH]
+    views, record = build_augment(augment)(originals(data, indices), gen)
+    images = normalize(views, meta.mean, meta.std).contiguous(memory_format=torch.channels_last)
+    return Batch(images=images, labels=torch.from_numpy(labels[indices.numpy()]), indices=indices,
+                 record=record, targets=None)
+
+
+def providers(data, teacher_path, cache_path) -> dict[str, TargetProvider]:
+    _, meta, _, _ = data
+    return {
+        "A": build_targets(TargetConfig("A"), meta, "cpu"),
+        "B": build_targets(TargetConfig("B", T, teacher=teacher_path), meta, "cpu"),
+        "C": build_targets(TargetConfig("C", T, teacher=teacher_path, cache=cache_path), meta, "cpu"),
+    }
+
+
+@pytest.mark.parametrize("augment", AUGMENTS)
+def test_rows_are_distributions_for_every_strategy(data, teacher_path, cache_path, augment):
+    batch = make_batch(data, augment)
+    for name, provider in providers(data, teacher_path, cache_path).items():
+        assert isinstance(provider, TargetProvider)
+        targets = provider(batch)
+        assert targets.shape == (BATCH, data[1].num_classes), name
+        assert targets.dtype == torch.float32 and targets.device == batch.images.device, name
+        assert (targets >= 0).all(), name
+        torch.testing.assert_close(targets.sum(1), torch.ones(BATCH), msg=f"strategy {name}, {augment}")
+
+
+@pytest.mark.parametrize("augment", ["stdaug", "stdaug+mixup", "cutmix"])
+def test_teacher_targets_equal_plain_softmax_on_the_student_view(data, teacher_path, augment):
+    batch = make_batch(data, augment, seed=1)
+    targets = build_targets(TargetConfig("B", T, teacher=teacher_path), data[1], "cpu")(batch)
+    net, _ = load_classifier(teacher_path)
+    with torch.no_grad():
+        expected = torch.softmax(net(batch.images.contiguous()) / T, dim=1)
+    torch.testing.assert_close(targets, expected, atol=1e-5, rtol=1e-4)
+    assert targets.max(1).values.mean() > 0.3, "teacher fixture should give peaked targets"
+
+
+def test_teacher_with_its_own_normalization_is_renormalized(data, tmp_path):
+    _, meta, _, _ = data
+    t_mean, t_std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
+    path = save_teacher(tmp_path / "other_norm.pt", meta, seed=3, mean=t_mean, std=t_std)
+    batch = make_batch(data, "stdaug", seed=2)
+    targets = build_targets(TargetConfig("B", T, teacher=path), meta, "cpu")(batch)
+    raw = batch.images * torch.tensor(meta.std).view(1, 3, 1, 1) + torch.tensor(meta.mean).view(1, 3, 1, 1)
+    net, _ = load_classifier(path)
+    with torch.no_grad():
+        expected = torch.softmax(net(normalize(raw, t_mean, t_std)) / T, dim=1)
+        naive = torch.softmax(net(batch.images.contiguous()) / T, dim=1)
+    torch.testing.assert_close(targets, expected, atol=1e-5, rtol=1e-4)
+    assert (targets - naive).abs().max() > 1e-2, "the test needs normalizations that matter"
+
+
+@pytest.mark.parametrize("augment", ["noaug", "stdaug"])
+def test_cached_targets_equal_a_fresh_teacher_pass_over_originals(data, teacher_path, cache_path, augment):
+    batch = make_batch(data, augment, seed=4)
+    targets = build_targets(TargetConfig("C", T, cache=cache_path), data[1], "cpu")(batch)
+    net, _ = load_classifier(teacher_path)
+    with torch.no_grad():
+        expected = torch.softmax(net(normalize(originals(data, batch.indices), data[1].mean, data[1].std)) / T, dim=1)
+    torch.testing.assert_close(targets, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("augment", ["mixup", "cutmix", "stdaug+mixup"])
+def test_mixing_uses_the_batch_lambda_and_permutation(data, teacher_path, cache_path, augment):
+    batch = make_batch(data, augment, seed=6)
+    lam, perm = batch.record.mix_lam, batch.record.mix_perm
+    assert perm is not None and not torch.equal(perm, torch.arange(BATCH)) and (lam < 1).any()
+    lam = lam.view(-1, 1).float()
+    onehot = F.one_hot(batch.labels, data[1].num_classes).float()
+    got = providers(data, teacher_path, cache_path)
+    torch.testing.assert_close(got["A"](batch), lam * onehot + (1 - lam) * onehot[perm])
+    unmixed = CachedTargets(got["C"].cache, T)(Batch(batch.images, batch.labels, batch.indices,
+                                                     build_augment("noaug")(batch.images, torch.Generator())[1], None))
+    torch.testing.assert_close(got["C"](batch), lam * unmixed + (1 - lam) * unmixed[perm])
+
+
+def test_one_hot_without_mix_is_the_label():
+    record = build_augment("flip")(torch.rand(3, 3, 4, 4), torch.Generator().manual_seed(0))[1]
+    batch = Batch(torch.zeros(3, 3, 4, 4), torch.tensor([2, 0, 1]), torch.arange(3), record, None)
+    assert torch.equal(OneHotTargets(3)(batch), torch.eye(3)[[2, 0, 1]])
+
+
+def test_temperature_softens_targets(data, teacher_path, cache_path):
+    batch = make_batch(data, "noaug", seed=7)
+    sharp = build_targets(TargetConfig("C", 1.0, cache=cache_path), data[1], "cpu")(batch)
+    soft = build_targets(TargetConfig("C", 4.0, cache=cache_path), data[1], "cpu")(batch)
+    assert (soft.max(1).values < sharp.max(1).values).all()
+
+
+def test_teacher_model_is_frozen_eval_and_wrapped_once(data, teacher_path):
+    net, _ = load_classifier(teacher_path)
+    net.train()
+    teacher = TeacherModel(net, data[1].mean, data[1].std)
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    provider = TeacherTargets(teacher, T)
+    assert provider.teacher is teacher and provider.num_classes == data[1].num_classes
+    out = provider(make_batch(data, "noaug"))
+    assert not out.requires_grad
+
+
+def test_config_and_build_refusals(data, tmp_path, teacher_path, cache_path):
+    _, meta, _, _ = data
+    with pytest.raises(UserError, match="unknown strategy"):
+        TargetConfig("D")
+    with pytest.raises(UserError, match="needs a teacher"):
+        TargetConfig("B")
+    with pytest.raises(UserError, match="needs a target cache"):
+        TargetConfig("C", teacher=teacher_path)
+    with pytest.raises(UserError, match="temperature"):
+        TargetConfig("A", temperature=0)
+    wrong = save_teacher(tmp_path / "k7.pt", meta, num_classes=7)
+    with pytest.raises(UserError, match="predicts 7 classes"):
+        build_targets(TargetConfig("B", teacher=wrong), meta, "cpu")
+    other = save_teacher(tmp_path / "other.pt", meta, seed=9)
+    with pytest.raises(UserError, match="teacher SHA-256"):
+        build_targets(TargetConfig("C", teacher=other, cache=cache_path), meta, "cpu")
+    with pytest.raises(UserError, match="does not exist"):
+        build_targets(TargetConfig("C", teacher=tmp_path / "missing.pt", cache=cache_path), meta, "cpu")
