@@ -26,6 +26,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "data",
     "cache",
+    "bench",
 )
 
 for _name in _COMMAND_MODULES:
