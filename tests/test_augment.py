@@ -134,6 +134,17 @@ class TestContract:
         if record.mix_perm is None:
             assert mixed is onehot
 
+    def test_torch_ops_path_matches_fused_cpu_path(self, name):
+        x = images()
+        fused = build_augment(name)
+        torch_ops = build_augment(AugmentConfig(name=name, fuse_cpu=False))
+        record = fused.sample(B, H, W, gen(), "cpu")
+        out = torch_ops.apply(x, record)
+        torch.testing.assert_close(out, fused.apply(x, record), atol=2e-5, rtol=0)
+        assert out.min() >= 0 and out.max() <= 1
+        assert torch.equal(torch_ops.apply(x, record), out)
+        assert torch.equal(build_augment(AugmentConfig(name=name, p=0.0, fuse_cpu=False))(x, gen())[0], x)
+
     @pytest.mark.gpu
     def test_cuda_matches_cpu(self, name):
         if not torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""The batched resized-crop kernel against its per-sample reference and against Kornia.
+"""Kernels against their references: the batched resized crop against a per-sample loop and
+Kornia, the fused StdAug kernel against fasttarget.augment's torch ops.
 
 Tolerance: 2e-5 absolute on images in [0, 1]. The kernel maps a source coordinate
 ``x0 + j * (x1 - x0) / (out - 1)`` to grid_sample's ``[-1, 1]`` and grid_sample maps it back;
@@ -7,6 +8,8 @@ sampled position is off by up to ~1e-5 pixel and a bilinear value by that times 
 difference (<= 1). ``F.interpolate`` (the reference and Kornia) rounds its own way. 2e-5 covers
 that for images up to 32 px and is orders below what a wrong convention gives (half-pixel vs
 corner alignment shifts samples by up to half a pixel: differences of ~0.1 on noise images).
+The fused StdAug kernel computes positions in float64 and the jitter in float32 scalars, so
+against the torch ops it differs by the same grid rounding plus a few float32 ulps.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import pytest
 import torch
 from kornia.geometry.transform import crop_by_indices
 
+from fasttarget.augment import Grayscale, HorizontalFlip, adjust_color
 from fasttarget.kernels.resized_crop import resized_crop, resized_crop_reference, sample_positions
+from fasttarget.kernels.stdaug import color_gray_flip_crop
 
 ATOL = 2e-5
 
@@ -72,6 +77,46 @@ def test_channels_last_input():
     boxes = torch.tensor([[1.0, 2.0, 9.0, 14.0]]).expand(4, 4)
     cl = images.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(resized_crop(cl, boxes, (16, 16)), resized_crop(images, boxes, (16, 16)), atol=0, rtol=0)
+
+
+def torch_ops(images, factors, gray, flip, boxes, size):
+    """The reference for the fused kernel: fasttarget.augment's torch ops, one after another."""
+    x = adjust_color(images, factors)
+    x = Grayscale(p=1.0).apply(x, {"apply": gray})
+    x = HorizontalFlip(p=1.0).apply(x, {"apply": flip})
+    return resized_crop(x, boxes, size).clamp(0, 1)
+
+
+@pytest.mark.parametrize(("in_hw", "out_hw"), [((32, 32), (32, 32)), ((16, 20), (12, 24))])
+def test_fused_stdaug_kernel_matches_torch_ops(in_hw, out_hw):
+    g = torch.Generator().manual_seed(5)
+    n = 64
+    images = torch.rand(n, 3, *in_hw, generator=g)
+    images[:, :, 0, :2] = torch.tensor([0.0, 1.0])  # extremes
+    factors = 0.6 + 0.8 * torch.rand(n, 3, generator=g)
+    factors[:4] = 1.0
+    gray = torch.rand(n, generator=g) < 0.3
+    flip = torch.rand(n, generator=g) < 0.5
+    boxes = random_boxes(n, *in_hw, g)
+    ours = color_gray_flip_crop(images, factors, gray, flip, boxes, out_hw)
+    ref = torch_ops(images, factors, gray, flip, boxes, out_hw)
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=0)
+    assert ours.min() >= 0 and ours.max() <= 1
+
+
+def test_fused_kernel_neutral_parameters_are_exact_identity():
+    images = torch.rand(8, 3, 16, 20, generator=torch.Generator().manual_seed(6))
+    off = torch.zeros(8, dtype=torch.bool)
+    whole = torch.tensor([[0.0, 0.0, 19.0, 15.0]]).expand(8, 4)
+    assert torch.equal(color_gray_flip_crop(images, torch.ones(8, 3), off, off, whole, (16, 20)), images)
+    flipped = color_gray_flip_crop(images, torch.ones(8, 3), off, ~off, whole, (16, 20))
+    assert torch.equal(flipped, images.flip(-1))
+
+
+def test_fused_kernel_rejects_cuda_or_float64():
+    with pytest.raises(ValueError, match="float32"):
+        color_gray_flip_crop(torch.rand(1, 3, 4, 4, dtype=torch.float64), torch.ones(1, 3), torch.zeros(1, dtype=torch.bool),
+                             torch.zeros(1, dtype=torch.bool), torch.tensor([[0.0, 0, 3, 3]]), (4, 4))
 
 
 @pytest.mark.gpu
