@@ -251,6 +251,8 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
 
     from tqdm import tqdm
 
+    import ffcv.fields.rgb_image  # noqa: F401  imported once here: forked scan workers would each spend seconds on it
+
     jobs = [(f, cfg.max_side) for f in split.files]
     with Pool(min(cfg.workers, max(len(jobs), 1))) as pool:
         results = list(tqdm(pool.imap(_scan_file, jobs, chunksize=64), total=len(jobs), unit="img",
