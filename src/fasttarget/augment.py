@@ -24,6 +24,11 @@ random numbers from the given ``torch.Generator`` into a dict of per-sample tens
 is pure, and :class:`Augment` joins them and keeps the parameters in an :class:`AugRecord`, so a
 batch can be replayed exactly, targets can be mixed like the images, and a run resumes bit-for-bit.
 
+Speed: nothing loops over samples in Python. The crop is one ``grid_sample`` over the batch
+(:mod:`fasttarget.kernels.resized_crop`, Kornia's corner-aligned convention); on float32 CPU
+batches color, grayscale, flip and crop run as one fused numba kernel
+(:mod:`fasttarget.kernels.stdaug`) that agrees with the torch ops to 2e-5.
+
 Example:
     >>> import torch
     >>> aug = build_augment("stdaug+mixup")
@@ -487,8 +492,10 @@ class Augment:
         self.config = config
         self.ops = ops
         self.mixes = any(op.mixes for op in ops)
-        # How many leading ops the fused CPU kernel covers (the canonical order puts them first).
-        self._fusable = sum(op.name in _FUSABLE for op in ops) if config.fuse_cpu else 0
+        # How many leading ops the fused CPU kernel covers (the canonical order puts them first);
+        # a lone flip is a single cheap torch op, faster than the kernel's full pass.
+        fusable = [op.name for op in ops if op.name in _FUSABLE]
+        self._fusable = len(fusable) if config.fuse_cpu and ("color" in fusable or "crop" in fusable) else 0
 
     @property
     def name(self) -> str:
