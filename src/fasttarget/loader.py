@@ -311,9 +311,9 @@ class _Loader:
         epoch, start = self._epoch, self._start
         self._epoch, self._start = epoch + 1, 0
         self._current = (epoch, start)
-        for batch in self._prefetched(self.uint8_batches(epoch, start), epoch):
+        for handed_out, batch in enumerate(self._prefetched(self.uint8_batches(epoch, start), epoch), start + 1):
+            self._current = (epoch, handed_out)
             yield batch
-            self._current = (epoch, self._current[1] + 1)
         self._current = None
 
     def finish(self, raw: RawBatch, epoch: int) -> Batch:
@@ -493,16 +493,16 @@ def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> Tensor:
 
 
 def _read_labels(directory: str | Path, split: str) -> np.ndarray:
-    """The labels of a split in index order, without decoding its images."""
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.loader import Loader, OrderOption
+    """The labels of a split in index order, without decoding its images.
 
-    n = DatasetMeta.load(directory).count(split)
-    labels = np.empty(n, np.int64)
-    loader = Loader(str(beton_path(directory, split)), batch_size=4096, order=OrderOption.SEQUENTIAL,
-                    drop_last=False, pipelines={"image": None, "label": [IntDecoder()], "index": [IntDecoder()]})
-    for batch_labels, batch_index in loader:
-        labels[np.asarray(batch_index).reshape(-1)] = np.asarray(batch_labels).reshape(-1)
+    ffcv keeps ``IntField`` values in the beton's metadata table, so this reads no image data.
+    """
+    from ffcv.reader import Reader
+
+    reader = Reader(str(beton_path(directory, split)))
+    column = {name: f"f{i}" for i, name in enumerate(reader.handlers)}
+    labels = np.empty(reader.num_samples, np.int64)
+    labels[reader.metadata[column["index"]]] = reader.metadata[column["label"]]
     return labels
 
 
