@@ -114,11 +114,16 @@ def color_gray_flip_crop(
         True
     """
     if images.device.type != "cpu" or images.dtype != torch.float32 or images.shape[1] != 3:
-        raise ValueError(f"color_gray_flip_crop takes float32 [B,3,H,W] CPU images, got {images.dtype} {tuple(images.shape)} on {images.device}")
-    src = images.detach().contiguous()
-    out = torch.empty(src.shape[0], 3, int(size[0]), int(size[1]), dtype=torch.float32)
+        raise ValueError(
+            "color_gray_flip_crop takes float32 [B,3,H,W] CPU images, "
+            f"got {images.dtype} {tuple(images.shape)} on {images.device}"
+        )
+    # A channels_last batch (as the loader hands over) is copied to NCHW first: the kernel's
+    # contiguous specialization is faster than indexing the strided layout, copy included.
+    images = images.contiguous()
+    out = torch.empty(images.shape[0], 3, int(size[0]), int(size[1]), dtype=torch.float32)
     _run(
-        src.numpy(),
+        images.detach().numpy(),
         factors.detach().to(torch.float32).contiguous().numpy(),
         gray.detach().to(torch.bool).contiguous().numpy(),
         flip.detach().to(torch.bool).contiguous().numpy(),

@@ -39,7 +39,8 @@ def random_boxes(n: int, height: int, width: int, generator: torch.Generator) ->
 
 def kornia_boxes(boxes: torch.Tensor) -> torch.Tensor:
     x0, y0, x1, y1 = boxes.unbind(1)
-    return torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1), torch.stack([x0, y1], 1)], 1)
+    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return torch.stack([torch.stack(c, 1) for c in corners], 1)
 
 
 @pytest.mark.parametrize(("in_hw", "out_hw"), [((32, 32), (32, 32)), ((16, 20), (24, 12)), ((9, 7), (1, 5))])
@@ -115,8 +116,9 @@ def test_fused_kernel_neutral_parameters_are_exact_identity():
 
 def test_fused_kernel_rejects_cuda_or_float64():
     with pytest.raises(ValueError, match="float32"):
-        color_gray_flip_crop(torch.rand(1, 3, 4, 4, dtype=torch.float64), torch.ones(1, 3), torch.zeros(1, dtype=torch.bool),
-                             torch.zeros(1, dtype=torch.bool), torch.tensor([[0.0, 0, 3, 3]]), (4, 4))
+        off = torch.zeros(1, dtype=torch.bool)
+        images = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+        color_gray_flip_crop(images, torch.ones(1, 3), off, off, torch.tensor([[0.0, 0, 3, 3]]), (4, 4))
 
 
 @pytest.mark.gpu

@@ -424,7 +424,8 @@ class CutMix:
         return {"apply": apply, "perm": perm, "lam": lam.float(), "boxes": boxes}
 
     def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
-        return torch.where(box_mask(params["boxes"], images.shape[-2], images.shape[-1]), images[params["perm"]], images)
+        pasted = box_mask(params["boxes"], images.shape[-2], images.shape[-1])
+        return torch.where(pasted, images[params["perm"]], images)
 
 
 def box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
@@ -584,7 +585,9 @@ def build_augment(name: str | AugmentConfig) -> Augment:
     for part in cfg.name.lower().split("+"):
         part = part.strip()
         if part not in _NAMES:
-            raise UserError(f"unknown augmentation {part!r} in {cfg.name!r}: use one of {', '.join(AUGMENT_NAMES)} joined by '+'")
+            raise UserError(
+                f"unknown augmentation {part!r} in {cfg.name!r}: use one of {', '.join(AUGMENT_NAMES)} joined by '+'"
+            )
         for component in _NAMES[part]:
             if component in components:
                 raise UserError(f"augmentation {cfg.name!r} applies {component!r} twice: list it once")
