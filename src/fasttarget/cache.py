@@ -7,8 +7,8 @@ time. The file's attributes say what it was made from (teacher checkpoint SHA-25
 fingerprint, class count) and :meth:`TargetCache.open` refuses a cache that does not match.
 
 Reads bypass h5py: the dataset's byte offset in the file (``dataset.id.get_offset()``) is
-mapped with :class:`numpy.memmap`, and a batch's rows are gathered with ``np.take`` (into a
-pinned buffer when the target is a CUDA device). h5py fancy indexing needs sorted indices
+mapped with :class:`numpy.memmap`, and a batch's rows are gathered from it with
+``index_select`` (into a pinned buffer when the target is a CUDA device). h5py fancy indexing needs sorted indices
 and is an order of magnitude slower.
 
 The build is atomic: rows go to ``OUT.partial`` next to the output, which is renamed to
@@ -237,7 +237,7 @@ class TargetCache:
     Attributes:
         path: the HDF5 file.
         attrs: its attributes as plain Python values.
-        logits: read-only ``numpy.memmap`` of the stored logits, ``[N, K]``.
+        logits: ``numpy.memmap`` of the stored logits, ``[N, K]`` (copy-on-write: writes never reach the file).
         num_samples, num_classes: N and K.
     """
 
@@ -245,6 +245,8 @@ class TargetCache:
         self.path = path
         self.attrs = attrs
         self.logits = logits
+        # torch's view of the same pages: index_select gathers as fast as np.take and checks bounds both ways.
+        self._table = torch.from_numpy(logits)
         self.num_samples, self.num_classes = logits.shape
         self._pinned: list[tuple[torch.Tensor, torch.cuda.Event]] = []
         self._turn = 0
@@ -302,7 +304,8 @@ class TargetCache:
             if expected is not None and attrs.get(key) != expected:
                 raise UserError(f"target cache {path} does not match: {what} is {_short(attrs.get(key))}, "
                                 f"expected {_short(expected)} ({why}): {rebuild}")
-        logits = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        # Copy-on-write ("c") rather than read-only: torch wants a writable array, the file stays untouched.
+        logits = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape)
         return cls(path, attrs, logits)
 
     def verify(self) -> bool:
@@ -316,7 +319,8 @@ class TargetCache:
         pinned buffer and are copied with ``non_blocking=True`` on the current stream.
 
         Args:
-            indices: int ``[B]`` sample indices (any device; CUDA indices are copied to the host).
+            indices: int ``[B]`` sample indices (tensor on any device, or array; CUDA indices are
+                copied to the host).
             device: where the result goes.
 
         Returns:
@@ -325,19 +329,12 @@ class TargetCache:
         Raises:
             IndexError: an index outside ``[0, N)``.
         """
-        if isinstance(indices, torch.Tensor):
-            indices = indices.cpu().numpy()
-        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
-            raise IndexError(f"sample index out of range [0, {self.num_samples}) in {self.path}")
-        device = torch.device(device)
-        if device.type != "cuda":
-            return torch.from_numpy(np.take(self.logits, rows, axis=0))
+        rows = torch.as_tensor(indices, dtype=torch.int64, device="cpu")
+        if torch.device(device).type != "cuda":
+            return self._table.index_select(0, rows)
         buffer, copied = self._pinned_buffer(len(rows))
         copied.synchronize()  # the previous copy out of this buffer has finished
-        host = buffer[: len(rows)]
-        # mode="clip" lets np.take write into `out` directly (mode="raise" buffers); bounds were checked above.
-        np.take(self.logits, rows, axis=0, out=host.numpy(), mode="clip")
+        host = torch.index_select(self._table, 0, rows, out=buffer[: len(rows)])
         out = host.to(device, non_blocking=True)
         copied.record(torch.cuda.current_stream(device))
         return out
@@ -349,9 +346,8 @@ class TargetCache:
         read the other; the event stops a buffer being overwritten before its copy finished.
         """
         if not self._pinned or self._pinned[0][0].shape[0] < count:
-            dtype = torch.from_numpy(self.logits[:0]).dtype
             self._pinned = [
-                (torch.empty((count, self.num_classes), dtype=dtype, pin_memory=True), torch.cuda.Event())
+                (torch.empty((count, self.num_classes), dtype=self._table.dtype, pin_memory=True), torch.cuda.Event())
                 for _ in range(2)
             ]
         self._turn ^= 1
