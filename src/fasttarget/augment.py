@@ -17,7 +17,11 @@ Magnitudes the paper does not state: the jitter factors are drawn uniformly from
 ``[1 - 0.4, 1 + 0.4]`` for brightness, contrast and saturation (the SimCLR / torchvision
 convention); there is no hue jitter (the paper lists only the three). The jitter steps run
 in the fixed order brightness → contrast → saturation with torchvision's formulas and a
-clamp to ``[0, 1]`` after each (Kornia's ``ColorJitter(order=(0, 1, 2))``).
+clamp to ``[0, 1]`` after each (Kornia's ``ColorJitter(order=(0, 1, 2))``); torchvision and
+Kornia shuffle the order per call by default, a fixed order keeps the record to three factors
+per sample and lets the CPU kernel fuse the steps. ``color`` is the paper's "ColorJitter (or
+Color in short)" alone; grayscale belongs to ``stdaug`` only. Probabilities are per sample
+(Kornia's ``RandomResizedCrop`` decides its ``p`` per batch; at the paper's p=1 they agree).
 
 Every augmentation is three things kept apart (as in Kornia): an op's ``sample`` draws all of its
 random numbers from the given ``torch.Generator`` into a dict of per-sample tensors, its ``apply``
