@@ -232,13 +232,23 @@ class _Scanned:
     skipped: int
 
 
-def _scan_file(job: tuple[Path, int | None]) -> tuple[tuple[int, ...] | None, np.ndarray | None, str | None]:
-    path, max_side = job
-    try:
-        image = _resize(load_image(path), max_side)
-    except UserError as err:
-        return None, None, str(err)
-    return image.shape, _histogram(image), None
+_SCAN_CHUNK = 64
+
+
+def _scan_files(job: tuple[tuple[Path, ...], int | None]) -> tuple[list, np.ndarray]:
+    """Decode a chunk of files: each one's shape (``None`` if unreadable, with the error) and the chunk's histogram."""
+    paths, max_side = job
+    outcomes = []
+    histogram = np.zeros((3, 256), np.int64)
+    for path in paths:
+        try:
+            image = _resize(load_image(path), max_side)
+        except UserError as err:
+            outcomes.append((None, str(err)))
+            continue
+        outcomes.append((image.shape, None))
+        histogram += _histogram(image)
+    return outcomes, histogram
 
 
 def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
@@ -251,18 +261,25 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
 
     from tqdm import tqdm
 
-    import ffcv.fields.rgb_image  # noqa: F401  imported once here: forked scan workers would each spend seconds on it
+    # Imported and compiled once here: forked scan workers would each spend seconds on them.
+    import ffcv.fields.rgb_image  # noqa: F401
+    _histogram(np.zeros((1, 1, 1, 3), np.uint8))
 
-    jobs = [(f, cfg.max_side) for f in split.files]
-    with Pool(min(cfg.workers, max(len(jobs), 1))) as pool:
-        results = list(tqdm(pool.imap(_scan_file, jobs, chunksize=64), total=len(jobs), unit="img",
-                            desc=f"check {name}", disable=not cfg.progress, mininterval=0.5))
-    bad = [(f, err) for f, (_, _, err) in zip(split.files, results) if err]
+    files = split.files
+    jobs = [(files[i:i + _SCAN_CHUNK], cfg.max_side) for i in range(0, len(files), _SCAN_CHUNK)]
+    outcomes: list[tuple[tuple[int, ...] | None, str | None]] = []
+    histogram = np.zeros((3, 256), np.int64)
+    with Pool(min(cfg.workers, max(len(jobs), 1))) as pool, \
+            tqdm(total=len(files), unit="img", desc=f"check {name}", disable=not cfg.progress, mininterval=0.5) as bar:
+        for chunk_outcomes, chunk_histogram in pool.imap(_scan_files, jobs):
+            outcomes += chunk_outcomes
+            histogram += chunk_histogram
+            bar.update(len(chunk_outcomes))
+    bad = [err for _, err in outcomes if err]
     if bad and not cfg.skip_bad:
-        raise UserError(f"{len(bad)} unreadable image file(s) in the {name} split, first: {bad[0][1]}")
-    keep = np.array([i for i, (shape, _, _) in enumerate(results) if shape is not None], np.int64)
-    histogram = sum((results[i][1] for i in keep), np.zeros((3, 256), np.int64))
-    return _Scanned(split.subset(keep), {results[i][0] for i in keep}, histogram, len(bad))
+        raise UserError(f"{len(bad)} unreadable image file(s) in the {name} split, first: {bad[0]}")
+    keep = np.array([i for i, (shape, _) in enumerate(outcomes) if shape is not None], np.int64)
+    return _Scanned(split.subset(keep), {outcomes[i][0] for i in keep}, histogram, len(bad))
 
 
 # --- the dataset directory -------------------------------------------------------------
