@@ -7,6 +7,7 @@ not saturated, and a wrong row, view, normalization or mix shows.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import pytest
@@ -30,6 +31,7 @@ from fasttarget.targets import (
     build_targets,
 )
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 AUGMENTS = ("noaug", "stdaug", "mixup", "cutmix", "stdaug+mixup", "stdaug+cutmix")
 T = 2.0
 BATCH = 32
@@ -217,3 +219,62 @@ def test_config_and_build_refusals(data, tmp_path, teacher_path, cache_path):
         build_targets(TargetConfig("C", teacher=other, cache=cache_path), meta, "cpu")
     with pytest.raises(UserError, match="does not exist"):
         build_targets(TargetConfig("C", teacher=tmp_path / "missing.pt", cache=cache_path), meta, "cpu")
+
+
+@pytest.fixture(scope="module")
+def cifar_arrays(cifar10_source):
+    """The first 4,096 real CIFAR-10 training images straight from the source (no ffcv needed)."""
+    from fasttarget.sources import open_source
+
+    split = open_source("cifar10", cifar10_source).train
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    return split.images[:4096], split.labels[:4096].astype("int64"), mean, std
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_side_stream_teacher_targets_equal_inline_ones(cifar_arrays):
+    """B's teacher runs for batch n+1 on the loader's side stream while the main stream is busy;
+    its targets must equal the same teacher run inline on the main stream on the same images."""
+    from fasttarget.loader import LoaderConfig, ResidentLoader
+
+    images, labels, mean, std = cifar_arrays
+    torch.manual_seed(0)
+    net = build_classifier(ModelConfig(width=0.5)).cuda()
+    with torch.no_grad():
+        net.head.weight.mul_(3)
+    provider = TeacherTargets(TeacherModel(net, mean, std), T)
+    cfg = LoaderConfig(batch_size=128, augment="stdaug+mixup", device="cuda", seed=3)
+    overlapped = ResidentLoader.from_arrays(images, labels, cfg, mean=mean, std=std, targets=provider)
+    plain = ResidentLoader.from_arrays(images, labels, cfg, mean=mean, std=std)
+    busy = torch.randn(4096, 4096, device="cuda")
+    count = 0
+    for side, inline in zip(overlapped, plain):
+        busy = torch.tanh(busy @ busy)  # main-stream work the side stream overlaps
+        torch.testing.assert_close(side.images, inline.images)
+        torch.testing.assert_close(side.targets, provider(inline), atol=1e-4, rtol=1e-3)
+        count += 1
+    assert count == len(plain) == 4096 // 128
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_side_stream_teacher_step_within_15_percent_of_one_hot(cifar10_source, tmp_path):
+    """With a teacher as large as the student (ResNet-18 ×1), B's full training step (loader +
+    StdAug + teacher on the side stream + student step) costs at most 1.15× A's."""
+    from fasttarget.bench import BenchConfig, BenchContext, Comparison, StudentStep, measure
+
+    steps, batch = 20, 128
+    ctx = BenchContext(BenchConfig(suites=("step",), source=cifar10_source, device="cuda", width=1.0), tmp_path)
+
+    def training(strategy: str):
+        loader = ctx.resident_loader(batch, "stdaug", ctx.targets(strategy))
+        student = StudentStep(1.0, ctx.meta.num_classes, ctx.device)
+        batches = itertools.chain.from_iterable(itertools.repeat(loader))  # each pass is the next epoch
+        return lambda: [student(next(batches)) for _ in range(steps)]
+
+    row = measure(Comparison("step B b128", "img/s", steps * batch, training("B"), "step A b128", training("A")),
+                  repeats=5, warmup=3, device="cuda")
+    print(f"\nCUDA step, ResNet-18 x1 student and teacher, batch {batch}: A {row.baseline_value:,.0f} img/s, "
+          f"B {row.value:,.0f} img/s, B/A step time {1 / row.ratio:.3f}x")
+    assert 1 / row.ratio <= 1.15
