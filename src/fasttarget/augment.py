@@ -388,7 +388,8 @@ class MixUp:
 
     def apply(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
         lam = params["lam"].to(images.dtype).view(-1, 1, 1, 1)
-        return (lam * images + (1 - lam) * images[params["perm"]]).clamp_(0, 1)
+        # lam * x + (1 - lam) * x[perm] in one pass; exact x where lam is 1 (unapplied samples).
+        return torch.lerp(images[params["perm"]], images, lam).clamp_(0, 1)
 
 
 @dataclass(frozen=True)
