@@ -257,3 +257,15 @@ def test_bad_config_raises_user_error():
 def test_composition_order_is_canonical():
     assert [op.name for op in build_augment("mixup+crop+color").ops] == ["color", "crop", "mixup"]
     assert [op.name for op in build_augment("stdaug+cutmix").ops] == ["color", "gray", "flip", "crop", "cutmix"]
+
+
+@pytest.mark.parametrize("fuse_cpu", [True, False])
+def test_crop_matches_kornia_crop_and_resize_on_sampled_boxes(fuse_cpu):
+    x = images()
+    aug = build_augment(AugmentConfig(name="crop", fuse_cpu=fuse_cpu))
+    out, record = aug(x, gen(4))
+    x0, y0, x1, y1 = record.params["crop.boxes"].unbind(1)
+    corners = torch.stack([torch.stack(c, 1) for c in [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]], 1)
+    theirs = kornia.geometry.transform.crop_and_resize(x, corners, (H, W), align_corners=True)
+    # 2e-5: the coordinate rounding bound justified in tests/test_kernels.py.
+    torch.testing.assert_close(out, theirs.clamp(0, 1), atol=2e-5, rtol=0)
