@@ -384,6 +384,9 @@ class ResidentLoader(_Loader):
         super().__init__(cfg, pool=pool.to(device), mean=mean, std=std, targets=targets)
         self._images = _place(images, device)
         self._labels = labels.to(device)
+        # On CPU, numpy's fancy indexing copies whole uint8 rows several times faster than
+        # torch's index kernels (measured 3-15x on CIFAR-sized rows), so the gather goes through it.
+        self._host_images = self._images.numpy() if device.type == "cpu" else None
 
     @classmethod
     def from_arrays(
@@ -412,7 +415,12 @@ class ResidentLoader(_Loader):
         rows, b = self.rows(epoch), self.cfg.batch_size
         for k in range(start, len(self)):
             index = rows[k * b : (k + 1) * b]
-            yield RawBatch(self._images.index_select(0, index), self._labels.index_select(0, index), index, k)
+            yield RawBatch(self._gather(index), self._labels.index_select(0, index), index, k)
+
+    def _gather(self, index: Tensor) -> Tensor:
+        if self._host_images is not None:
+            return torch.from_numpy(self._host_images[index.numpy()])
+        return self._images.index_select(0, index)
 
 
 class FfcvLoader(_Loader):

@@ -1,0 +1,84 @@
+"""Loader throughput: uint8 batches in random order, batch 128 and 512, on CPU, real CIFAR-10.
+
+Compared in the same process, alternately (``fasttarget.bench.loader_comparisons``, the code
+``fasttarget bench loader`` runs), each timed call one whole epoch:
+
+- fasttarget's resident and ffcv backends through ``uint8_batches`` (the loader before
+  augmentation: the gather, or ffcv's decode plus the copy out of its reused buffers),
+- a ``torch.utils.data.DataLoader`` over a per-sample ``Dataset`` with 2 workers,
+- whole-batch indexing of one uint8 tensor with a random permutation (the floor).
+
+The default run compares on the bundled sample (5,000 real CIFAR-10 images, one timed epoch
+each) and runs a few batches of each backend on the full converted CIFAR-10; ``-m slow``
+compares on the full 50,000 images (median of 5) and checks the issue's goal, resident ≥ 10×
+the DataLoader; ``--benchmark-enable`` also times the few-batch calls with pytest-benchmark.
+``-s`` shows the img/s lines.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fasttarget.bench import BenchConfig, BenchContext, Row, loader_comparisons
+from fasttarget.loader import LoaderConfig, build_loader
+
+BATCH_SIZES = (128, 512)
+FEW = 20  # batches per call of the pytest-benchmark tests
+GOAL = 10.0
+
+
+@pytest.fixture(scope="module")
+def loaders(cifar10_dir):
+    """Each backend at each batch size over the full converted CIFAR-10 train split."""
+    return {(backend, b): build_loader(LoaderConfig(cifar10_dir, batch_size=b, backend=backend))
+            for backend in ("resident", "ffcv") for b in BATCH_SIZES}
+
+
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+@pytest.mark.parametrize("backend", ["resident", "ffcv"])
+def test_uint8_batches(benchmark, loaders, backend, batch_size):
+    loader = loaders[(backend, batch_size)]
+    epochs = itertools.count()
+
+    def few_batches():
+        return list(itertools.islice(loader.uint8_batches(next(epochs)), FEW))
+
+    benchmark.group = f"loader uint8 b{batch_size}"
+    benchmark.extra_info["images_per_round"] = FEW * batch_size
+    batches = benchmark(few_batches)
+    assert len(batches) == FEW
+    assert all(b.images.shape == (batch_size, 32, 32, 3) for b in batches)
+    # copied out, not views of reused buffers: the batches differ from one another
+    assert not any(b.images.data_ptr() == batches[0].images.data_ptr() for b in batches[1:])
+
+
+def compare(data_dir, workdir, repeats: int) -> list[Row]:
+    ctx = BenchContext(BenchConfig(suites=("loader",), data=data_dir, device="cpu", repeats=repeats, warmup=1), workdir)
+    rows = [ctx.measure(c) for c in loader_comparisons(ctx)]
+    print(f"\nloader uint8 batches, CPU, {len(ctx.train[1]):,} CIFAR-10 train images, median of {repeats}")
+    for row in rows:
+        batch = int(row.name.rsplit("b", 1)[1])
+        print(f"  {row.name:20s} {row.value * batch:12,.0f} img/s   {row.baseline:20s} "
+              f"{row.baseline_value * batch:12,.0f} img/s   ratio {row.ratio:7.1f}x")
+    return rows
+
+
+def test_loaders_against_dataloader_and_indexing_on_the_sample(sample_dir, tmp_path, bench_rows):
+    rows = compare(sample_dir, tmp_path, repeats=1)
+    assert {(r.name, r.baseline) for r in rows} == {
+        (f"loader {backend} b{b}", baseline) for backend in ("resident", "ffcv") for b in BATCH_SIZES
+        for baseline in ("DataLoader 2 workers", "tensor indexing")}
+    assert all(r.value > 0 and r.baseline_value > 0 for r in rows)
+    bench_rows.extend(rows)
+
+
+@pytest.mark.slow
+def test_resident_at_least_ten_times_the_dataloader(cifar10_dir, tmp_path, bench_rows):
+    """The issue's goal on the full CIFAR-10; slow-marked: it walks 50,000 images many times."""
+    rows = compare(cifar10_dir, tmp_path, repeats=5)
+    bench_rows.extend(rows)
+    for row in rows:
+        if row.name.startswith("loader resident") and row.baseline == "DataLoader 2 workers":
+            assert row.ratio >= GOAL, row
