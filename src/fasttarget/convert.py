@@ -78,6 +78,8 @@ class ConvertConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "source", Path(self.source))  # accept str paths from library callers
+        object.__setattr__(self, "out", Path(self.out))
         if self.dataset not in DATASETS:
             raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
         if not 1 <= self.jpeg_quality <= 100:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fasttarget.convert import ConvertConfig, convert
+from fasttarget.convert import ConvertConfig, convert, fingerprint
 from fasttarget.dataset import META_FILE, DatasetMeta, check_dataset, describe
 from fasttarget.errors import UserError
+from fasttarget.sources import open_source
 
 # The sample ships with the repository (``scripts/make_sample.py`` made it).
 SAMPLE_SOURCE = Path(__file__).resolve().parents[2] / "data" / "cifar10-sample" / "cifar-10-batches-bin"
@@ -68,7 +69,8 @@ def convert_step(cfg: DemoConfig, state: DemoState, echo: Echo) -> None:
         raise UserError(f"demo data not found at {source}: pass --source with a CIFAR-10 folder")
     if (data_dir / META_FILE).is_file() and not cfg.force:
         old = DatasetMeta.load(data_dir)
-        if old.source.get("path") == str(source.resolve()):
+        found = open_source("cifar10", source)
+        if old.fingerprint == fingerprint({"train": found.train, "test": found.test}):
             echo(f"convert: {data_dir} already holds {source}, reusing it (--force redoes it)")
             state.data_dir, state.meta = data_dir, old
             return
