@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "data",
     "cache",
     "bench",
+    "sweep",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,181 @@
+"""Report: tables computed from known inputs, LOWESS applied, partial grids, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+
+from fasttarget.report import (
+    Results,
+    Stat,
+    fig_acc_vs_step,
+    lowess_curve,
+    table1,
+    table2,
+    table3,
+    table4,
+    write_report,
+)
+from fasttarget.results import EvalRow, ResultsIndex, RunRow
+
+
+def make_run(strategy: str, seed: int, curve, *, steps: int = 100, eval_every: int = 10,
+             teacher: float | None = None, taug: str | None = "stdaug", saug: str = "stdaug",
+             ipc: int | None = None, fraction: float | None = None) -> tuple[RunRow, list[EvalRow]]:
+    """A finished run whose accuracy at step ``s`` is ``curve(s)``."""
+    taug = taug if strategy != "A" else None
+    teacher = teacher if strategy != "A" else None
+    rid = f"{strategy}_{teacher}_{taug}_{saug}_{ipc}_{fraction}_{steps}_{seed}"
+    evals = [EvalRow(rid, s, curve(s)) for s in range(eval_every, steps + 1, eval_every)]
+    row = RunRow(run_id=rid, strategy=strategy, student_aug=saug, steps=steps, eval_every=eval_every, seed=seed,
+                 teacher_acc=teacher, teacher_aug=taug, ipc=ipc, fraction=fraction, status="done",
+                 final_step=steps, final_acc=curve(steps), teacher_acc_measured=teacher and teacher + 0.003)
+    return row, evals
+
+
+def results(pairs, budgets=(), dataset_ipc=None) -> Results:
+    runs = [r for r, _ in pairs]
+    return Results(runs, {r.run_id: e for r, e in pairs}, budgets, dataset_ipc, "synthetic")
+
+
+def const(v):
+    return lambda s: v
+
+
+def test_stat_uses_sample_std():
+    st = Stat.of([0.2, 0.4, 0.6])
+    assert st.mean == pytest.approx(0.4) and st.std == pytest.approx(0.2) and st.n == 3
+    assert st.pm() == "40.00 ± 20.00"
+
+
+def test_table1_means_over_seeds_bold_best_and_a_reference():
+    pairs = []
+    for seed, jitter in ((0, -0.01), (1, 0.01)):
+        pairs.append(make_run("B", seed, lambda s, j=jitter: 0.3 + s / 1000 + j, teacher=0.3))
+        pairs.append(make_run("B", seed, lambda s, j=jitter: 0.2 + s / 400 + j, teacher=0.5))
+        pairs.append(make_run("A", seed, const(0.25)))
+    (section,) = table1(results(pairs))
+    lines = section.body.splitlines()
+    assert "| Step | T 30% | T 50% | A (one-hot) |" in lines
+    row10 = next(line for line in lines if line.startswith("| 10 |"))
+    row100 = next(line for line in lines if line.startswith("| 100 |"))
+    # step 10: 30% teacher 0.31 vs 50% teacher 0.225 — the weaker teacher is best and bold.
+    assert row10 == "| 10 | **31.00** | 22.50 | 25.00 |"
+    assert row100 == "| 100 | 40.00 | **45.00** | 25.00 |"
+    assert "seeds per cell: 2" in section.body and "30% measured 30.3%" in section.body
+
+
+def test_table2_gain_is_c_over_b_at_budgets():
+    pairs = [make_run("B", 0, const(0.40), teacher=0.3), make_run("C", 0, const(0.50), teacher=0.3),
+             make_run("B", 0, const(0.80), teacher=0.7), make_run("C", 0, const(0.72), teacher=0.7)]
+    section = table2(results(pairs, budgets=(50, 100)))
+    rows = [line for line in section.body.splitlines() if line.startswith("|")]
+    assert rows[0] == "| Step | Strategy | 30% | 70% |"
+    assert rows[2:5] == ["| 50 | B | 40.00 | 80.00 |", "|  | C | 50.00 | 72.00 |", "|  | Gain | **1.25** | 0.90 |"]
+    assert rows[5].startswith("| 100 | B |")
+
+
+def test_table3_teacher_aug_by_accuracy():
+    pairs = [make_run("B", 0, const(0.40), teacher=0.3, taug="stdaug"),
+             make_run("B", 0, const(0.35), teacher=0.3, taug="mixup"),
+             make_run("B", 0, const(0.60), teacher=0.5, taug="stdaug"),
+             make_run("B", 0, const(0.65), teacher=0.5, taug="mixup")]
+    body = table3(results(pairs)).body
+    assert "| mixup | 35.00 | **65.00** |" in body
+    assert "| stdaug | **40.00** | 60.00 |" in body
+
+
+def test_table4_mean_std_and_shortest_run_per_seed():
+    pairs = [make_run("A", s, const(v)) for s, v in ((0, 0.5), (1, 0.6), (2, 0.7))]
+    body = table4(results(pairs)).body
+    assert "| A | – | – | stdaug | full | 100 | 60.00 ± 10.00 | 3 |" in body
+    # Two budgets of one configuration and seed: step 50 is read from the 50-step run.
+    short = make_run("A", 0, const(0.1), steps=50)
+    long = make_run("A", 0, const(0.9), steps=100)
+    res = results([short, long])
+    assert res.stat(res.runs, 50).mean == pytest.approx(0.1)
+    assert res.stat(res.runs, 100).mean == pytest.approx(0.9)
+
+
+def test_lowess_is_applied_to_the_plotted_curves():
+    from statsmodels.nonparametric.smoothers_lowess import lowess
+
+    rng = np.random.default_rng(0)
+    noise = {(seed, s): rng.normal(0, 0.03) for seed in range(3) for s in range(10, 401, 10)}
+    pairs = [make_run("B", seed, lambda s, seed=seed: 0.2 + 0.4 * (1 - np.exp(-s / 100)) + noise[(seed, s)],
+                      steps=400, teacher=0.5) for seed in range(3)]
+    pairs += [make_run("A", seed, lambda s: 0.1 + s / 1000, steps=400) for seed in range(3)]
+    res = results(pairs)
+    fig, _ = fig_acc_vs_step(res)
+    ax = fig.axes[0]
+    b_line = next(line for line in ax.get_lines() if line.get_label() == "B, teacher 50%")
+    x, y = res.points(res.select(strategy="B"))
+    expected = lowess(y, x, frac=0.1, it=0)  # 40 distinct steps: the paper's 10 % is wide enough
+    xs, idx = np.unique(expected[:, 0], return_index=True)
+    np.testing.assert_allclose(b_line.get_xdata(), xs)
+    np.testing.assert_allclose(b_line.get_ydata(), expected[idx, 1] * 100)
+    assert not np.allclose(b_line.get_ydata(), [y[x == s].mean() * 100 for s in xs])  # smoothed, not means
+    scatter = [c for c in ax.collections if len(c.get_offsets()) == 120]
+    assert scatter and all(c.get_alpha() < 0.5 for c in scatter)  # raw points faint
+    assert ax.get_xlabel() == "Training step" and "accuracy" in ax.get_ylabel()
+
+
+def test_lowess_widens_for_few_steps():
+    x = np.repeat([10.0, 20.0, 30.0, 40.0, 50.0], 3)
+    y = x / 100
+    xs, ys = lowess_curve(x, y)
+    np.testing.assert_allclose(xs, [10, 20, 30, 40, 50])
+    np.testing.assert_allclose(ys, xs / 100, atol=1e-9)
+
+
+def _index_from(pairs, path: Path, budgets=()) -> None:
+    index = ResultsIndex(path / "results.sqlite")
+    for row, evals in pairs:
+        index.upsert_run(row)
+        index.replace_evals(row.run_id, evals)
+    index.upsert_run(RunRow(run_id="bad", strategy="A", student_aug="boom", steps=10, eval_every=5, seed=0,
+                            status="failed", error="RuntimeError: synthetic"))
+    index.set_meta("budgets", list(budgets))
+    index.set_meta("config", {"name": "synthetic"})
+    index.set_meta("dataset_ipc", 500)
+    index.close()
+
+
+def test_partial_grid_report_says_what_is_not_covered(tmp_path):
+    _index_from([make_run("A", s, lambda x: x / 200) for s in range(2)], tmp_path)
+    written = write_report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "Not covered by this sweep: no Strategy B or C runs" in text
+    assert text.count("not covered by this sweep") >= 6  # every finding needs soft targets
+    assert "RuntimeError: synthetic" in text  # failed runs listed
+    assert all(p.exists() for p in written)
+
+
+def test_full_report_end_to_end(tmp_path):
+    pairs = []
+    for seed in range(2):
+        for ipc in (10, 50, None):
+            big = ipc is None
+            pairs.append(make_run("A", seed, lambda s, i=ipc: (0.2 if i else 0.1) + s / 300, ipc=ipc,
+                                  steps=100 if big else 50))
+            for t in (0.3, 0.7):
+                for strategy in ("B", "C"):
+                    pairs.append(make_run(strategy, seed, lambda s, t=t: t * 0.8 + s / 2000, teacher=t, ipc=ipc,
+                                          steps=100 if big else 50))
+    _index_from(pairs, tmp_path, budgets=(50, 100))
+    out = tmp_path / "report"
+    written = {p.name for p in write_report(tmp_path, out)}
+    assert {"report.md", "claims.md", "claims.json", "results.csv", "fig_acc_vs_step.png", "fig_acc_vs_ipc.png",
+            "fig_budget_matched.png"} <= written
+    text = (out / "report.md").read_text()
+    for title in ("Table 1:", "Table 2:", "Table 3:", "Table 4:", "Claim check"):
+        assert title in text
+    claims = json.loads((out / "claims.json").read_text())
+    assert [c["finding"] for c in claims] == list("abcdef")

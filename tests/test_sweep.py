@@ -1,0 +1,294 @@
+"""Sweep: grid expansion, idempotence, resume after SIGKILL, failure isolation, pairing.
+
+The student, teacher and cache stages are replaced by small fakes that write the same
+files the real ones do (run directory, ladder checkpoints, cache file), so the executor's
+bookkeeping is tested in seconds; the real stages are covered by ``test_sweep_real``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fasttarget.errors import UserError
+from fasttarget.results import ResultsIndex
+from fasttarget.sweep import (
+    GridConfig,
+    RunRequest,
+    Stages,
+    SweepConfig,
+    TeacherCheckpoint,
+    describe_plan,
+    expand_grid,
+    plan_sweep,
+    run_sweep,
+)
+
+TINY = {
+    "name": "tiny",
+    "data": {"dir": "unused-by-fakes"},
+    "student": {"eval_every": 5, "seeds": [0, 1]},
+    "teacher": {"max_steps": 100},
+    "grid": [
+        {"name": "main", "strategies": ["A", "B", "C"], "teacher_accuracies": [0.3, 0.5],
+         "teacher_augs": ["stdaug"], "student_augs": ["stdaug"], "ipc": [10, 50], "steps": [10, 20]},
+    ],
+}
+
+
+# -- fakes (module level: picklable for the process pool) -----------------------------
+
+
+def fake_acc(req: RunRequest, step: int) -> float:
+    """A deterministic accuracy curve that depends on every axis."""
+    bonus = {"A": 0.0, "B": 0.05, "C": 0.1}[req.spec.strategy] + (req.spec.teacher_acc or 0) / 10
+    return min(0.99, 0.1 + step / 100 + bonus + req.spec.seed / 1000)
+
+
+def fake_train(req: RunRequest, kill_at: tuple[str, int] | None = None) -> None:
+    """Writes the run-dir contract; resumes from ``checkpoints/last.pt`` (the last step)."""
+    if req.spec.student_aug == "boom":
+        raise RuntimeError("synthetic failure")
+    ckpt = req.run_dir / "checkpoints" / "last.pt"
+    start = 0
+    if req.resume:
+        start = int(ckpt.read_text())
+    else:
+        req.run_dir.mkdir(parents=True)
+    (req.run_dir / "config.json").write_text(json.dumps({"seed": req.spec.seed, "resume": req.resume}))
+    ckpt.parent.mkdir(exist_ok=True)
+    with open(req.run_dir / "metrics.jsonl", "a") as fh:
+        for step in range(start + req.spec.eval_every, req.spec.steps + 1, req.spec.eval_every):
+            acc = fake_acc(req, step)
+            fh.write(json.dumps({"step": step, "images_seen": step * 128, "test_acc_h": acc * 100,
+                                 "test_acc_g": acc * 100, "loss": 1.0}) + "\n")
+            fh.flush()
+            ckpt.write_text(str(step))
+            if kill_at == (req.spec.run_id, step):
+                os.kill(os.getpid(), signal.SIGKILL)
+    (req.run_dir / "final.json").write_text(json.dumps(
+        {"status": "done", "step": req.spec.steps, "test_acc_h": fake_acc(req, req.spec.steps) * 100,
+         "test_acc_g": 0.0, "wall_s": 1.0}))
+
+
+def fake_ladder(req) -> dict[float, TeacherCheckpoint]:
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for acc in req.accuracies:
+        if acc <= 0.6:  # the fake ladder never gets past 60 %
+            path = req.out_dir / f"teacher-{acc}.pt"
+            path.write_text("ckpt")
+            found[acc] = TeacherCheckpoint(path, acc + 0.004)
+    return found
+
+
+def fake_cache(req) -> None:
+    req.out_file.write_text(f"logits of {req.teacher}")
+
+
+def fake_data(cfg, out) -> Path:
+    return out / "data"
+
+
+FAKES = Stages(prepare_data=fake_data, train_ladder=fake_ladder, build_cache=fake_cache, train_student=fake_train)
+
+
+class Recorder:
+    """Stages that count and record what they were asked to do."""
+
+    def __init__(self):
+        self.runs: list[RunRequest] = []
+        self.ladders = []
+        self.caches = []
+
+    def stages(self) -> Stages:
+        def train(req):
+            self.runs.append(req)
+            fake_train(req)
+
+        def ladder(req):
+            self.ladders.append(req)
+            return fake_ladder(req)
+
+        def cache(req):
+            self.caches.append(req)
+            fake_cache(req)
+
+        return Stages(prepare_data=fake_data, train_ladder=ladder, build_cache=cache, train_student=train)
+
+
+def _cfg(**overrides) -> SweepConfig:
+    data = json.loads(json.dumps(TINY))
+    data["grid"][0].update(overrides)
+    return SweepConfig.from_dict(data)
+
+
+# -- expansion ------------------------------------------------------------------------
+
+
+def test_expansion_counts_and_strategy_a_has_no_teacher_axis():
+    cfg = _cfg()
+    plan = plan_sweep(cfg)
+    by_strategy = {s: [r for r in plan.runs if r.strategy == s] for s in "ABC"}
+    # 2 ipc × 2 seeds, one run per combination (budgets read from the 20-step run).
+    assert len(by_strategy["A"]) == 4
+    assert all(r.teacher_acc is None and r.teacher_aug is None for r in by_strategy["A"])
+    assert len(by_strategy["B"]) == len(by_strategy["C"]) == 2 * 2 * 2
+    assert {r.steps for r in plan.runs} == {20}
+    assert plan.budgets == (10, 20)
+    assert plan.ladders == {"stdaug": (0.3, 0.5)}
+    assert plan.caches == (("stdaug", 0.3), ("stdaug", 0.5))
+    assert len({r.run_id for r in plan.runs}) == len(plan.runs)
+
+
+def test_expansion_one_run_per_budget_when_asked():
+    data = json.loads(json.dumps(TINY))
+    data["budgets_from_one_run"] = False
+    plan = plan_sweep(SweepConfig.from_dict(data))
+    assert sorted({r.steps for r in plan.runs}) == [10, 20]
+    assert len(plan.runs) == 2 * (4 + 8 + 8)
+
+
+def test_runs_shared_between_grids_are_trained_once():
+    data = json.loads(json.dumps(TINY))
+    data["grid"].append({"name": "again", "strategies": ["A"], "student_augs": ["stdaug", "mixup"],
+                         "ipc": [10], "steps": [20]})
+    plan = plan_sweep(SweepConfig.from_dict(data))
+    assert len(plan.runs) == 20 + 2  # only the mixup A runs are new
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"strategies": ["D"]}, "strategies"),
+    ({"teacher_accuracies": [30]}, "fractions"),
+    ({"fractions": [0.1]}, "not both"),
+    ({"steps": [7, 20]}, "multiples of eval_every"),
+    ({"typo_key": 1}, "unknown key"),
+])
+def test_bad_configs_name_the_problem(bad, message):
+    with pytest.raises(UserError, match=message):
+        _cfg(**bad)
+
+
+def test_toml_presets_parse():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(configs.glob("*.toml")):
+        cfg = SweepConfig.from_toml(path)
+        assert plan_sweep(cfg).runs, path
+
+
+def test_dry_run_describes_without_writing(tmp_path):
+    text = describe_plan(_cfg(), tmp_path / "out")
+    assert "20 new" in text and "teacher ladder stdaug: 30%, 50% (to train)" in text
+    assert not (tmp_path / "out").exists()
+
+
+# -- execution ------------------------------------------------------------------------
+
+
+def test_sweep_runs_everything_then_is_idempotent(tmp_path):
+    rec = Recorder()
+    summary = run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    assert summary.counts == {"done": 20} and not summary.failed
+    assert len(rec.runs) == 20 and len(rec.ladders) == 1 and len(rec.caches) == 2
+    # C runs read the cache of their own teacher, B runs the teacher checkpoint itself.
+    for req in rec.runs:
+        if req.spec.strategy == "C":
+            assert req.cache.name == f"stdaug-t{req.spec.teacher_acc * 100:g}.h5" and req.cache.is_file()
+        if req.spec.strategy != "A":
+            assert req.teacher.name == f"teacher-{req.spec.teacher_acc}.pt"
+    index = ResultsIndex(tmp_path / "results.sqlite")
+    row = index.runs(strategy="B", teacher_acc=0.5, ipc=10, seed=1)[0]
+    assert row.status == "done" and row.teacher_acc_measured == pytest.approx(0.504)
+    assert [e.step for e in index.evals(row.run_id)] == [5, 10, 15, 20]
+    assert row.final_acc == pytest.approx(0.1 + 0.2 + 0.05 + 0.05 + 0.001)  # percent → fraction
+    assert (tmp_path / "results.csv").read_text().count("\n") == 21
+
+    again = Recorder()
+    summary = run_sweep(_cfg(), tmp_path, stages=again.stages())
+    assert summary.counts == {"done": 20}
+    assert again.runs == [] and again.ladders == [] and again.caches == []
+
+
+def test_failing_run_is_recorded_and_the_rest_go_on(tmp_path):
+    cfg = _cfg(student_augs=["stdaug", "boom"], strategies=["A"])
+    summary = run_sweep(cfg, tmp_path, stages=FAKES)
+    assert summary.counts == {"done": 4, "failed": 4}
+    index = ResultsIndex(tmp_path / "results.sqlite")
+    failed = index.runs(status="failed")
+    assert {r.student_aug for r in failed} == {"boom"}
+    assert all(r.error == "RuntimeError: synthetic failure" for r in failed)
+    assert "Traceback" in (Path(failed[0].run_dir) / "error.txt").read_text()
+    # A second invocation retries the failed runs only.
+    rec = Recorder()
+    run_sweep(cfg, tmp_path, stages=rec.stages())
+    assert sorted(r.spec.student_aug for r in rec.runs) == ["boom"] * 4
+
+
+def test_missing_teacher_fails_only_its_runs(tmp_path):
+    summary = run_sweep(_cfg(teacher_accuracies=[0.3, 0.7]), tmp_path, stages=FAKES)
+    assert summary.counts == {"done": 12, "failed": 8}
+    assert all("teacher stdaug 70% was not reached" in e for e in summary.failed.values())
+    manifest = json.loads((tmp_path / "teachers" / "stdaug" / "rungs.json").read_text())
+    assert manifest["missed"] == ["0.7"]
+    # Same teacher settings: the missed rung is settled, the ladder is not retrained.
+    rec = Recorder()
+    run_sweep(_cfg(teacher_accuracies=[0.3, 0.7]), tmp_path, stages=rec.stages())
+    assert rec.ladders == [] and rec.runs == []
+
+
+def test_resume_after_sigkill(tmp_path):
+    plan = plan_sweep(_cfg())
+    victim = plan.runs[2]
+    script = textwrap.dedent(f"""
+        import functools, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import test_sweep as t
+        from fasttarget.sweep import Stages, run_sweep
+        train = functools.partial(t.fake_train, kill_at=({victim.run_id!r}, 10))
+        stages = Stages(prepare_data=t.fake_data, train_ladder=t.fake_ladder,
+                        build_cache=t.fake_cache, train_student=train)
+        run_sweep(t._cfg(), {str(tmp_path)!r}, stages=stages)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    index = ResultsIndex(tmp_path / "results.sqlite")
+    assert index.runs(run_id=victim.run_id)[0].status == "running"
+    index.close()
+
+    rec = Recorder()
+    summary = run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    assert summary.counts == {"done": 20}
+    trained = [r.spec.run_id for r in rec.runs]
+    assert trained == [r.run_id for r in plan.runs[2:]]  # the first two were not redone
+    assert rec.runs[0].resume and not any(r.resume for r in rec.runs[1:])
+    lines = (tmp_path / "runs" / victim.run_id / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20]
+
+
+def test_two_worker_processes(tmp_path):
+    summary = run_sweep(_cfg(strategies=["A", "B"]), tmp_path, workers=2, stages=FAKES)
+    assert summary.counts == {"done": 12}
+    assert len(list((tmp_path / "runs").glob("*/final.json"))) == 12
+
+
+def test_paired_runs_share_seed_and_subset(tmp_path):
+    rec = Recorder()
+    run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    groups: dict[tuple, list[RunRequest]] = {}
+    for req in rec.runs:
+        s = req.spec
+        groups.setdefault((s.student_aug, s.ipc, s.fraction, s.steps, s.seed), []).append(req)
+    assert len(groups) == 4
+    for (_, ipc, _, _, seed), reqs in groups.items():
+        # A, B×2 teachers, C×2 teachers: five runs on one stream, differing only in targets.
+        assert sorted((r.spec.strategy, r.spec.teacher_acc or 0) for r in reqs) == [
+            ("A", 0), ("B", 0.3), ("B", 0.5), ("C", 0.3), ("C", 0.5)]
+        assert {r.spec.seed for r in reqs} == {seed} and {r.spec.ipc for r in reqs} == {ipc}
+        assert len({(r.data_dir, r.batch_size, r.arch, r.width) for r in reqs}) == 1
