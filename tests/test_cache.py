@@ -13,7 +13,14 @@ import pytest
 import torch
 from test_targets import cifar1k_dir, normalize, save_teacher  # noqa: F401 (cifar1k_dir is a fixture)
 
-from fasttarget.cache import FORMAT_VERSION, CacheBuildConfig, TargetCache, build_cache, partial_path
+from fasttarget.cache import (
+    FORMAT_VERSION,
+    CacheBuildConfig,
+    TargetCache,
+    _resumable_rows,
+    build_cache,
+    partial_path,
+)
 from fasttarget.cli import main
 from fasttarget.dataset import DatasetMeta, read_split
 from fasttarget.errors import UserError
@@ -200,6 +207,25 @@ def test_interrupted_build_leaves_nothing_complete_and_rerun_finishes(built, tmp
     # Same rows as the uninterrupted build (other batch size: equal to float16 rounding).
     uninterrupted = TargetCache.open(built[3]).logits.astype(np.float32)
     np.testing.assert_allclose(cache.logits.astype(np.float32), uninterrupted, atol=4e-3, rtol=1e-3)
+
+
+def test_only_a_partial_of_the_same_build_is_resumed(tmp_path):
+    identity = {"teacher_sha256": "a" * 64, "dataset_fingerprint": "b" * 64, "split": "train",
+                "num_classes": 10, "num_samples": 100, "dtype": "float16"}
+    partial = tmp_path / "t.h5.partial"
+
+    def write_partial(**changes):
+        with h5py.File(partial, "w") as f:
+            f.create_dataset("logits", shape=(100, 10), dtype="float16")
+            f.attrs.update({**identity, **changes, "rows_done": 64})
+
+    write_partial()
+    assert _resumable_rows(partial, identity) == 64 and partial.exists()
+    for changes in ({"teacher_sha256": "c" * 64}, {"dtype": "float32"}, {"num_samples": 99}):
+        write_partial(**changes)
+        assert _resumable_rows(partial, identity) == 0 and not partial.exists()
+    partial.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 50)  # a header cut short by a kill
+    assert _resumable_rows(partial, identity) == 0 and not partial.exists()
 
 
 def test_build_config_validates():
