@@ -13,7 +13,9 @@ import pytest
 import torch
 from test_targets import cifar1k_dir, normalize, save_teacher  # noqa: F401 (cifar1k_dir is a fixture)
 
+import fasttarget.cache
 from fasttarget.cache import (
+    CACHE_FORMAT,
     FORMAT_VERSION,
     CacheBuildConfig,
     TargetCache,
@@ -27,6 +29,7 @@ from fasttarget.errors import UserError
 from fasttarget.models import file_sha256, load_classifier
 
 BUILD_BATCH = 64
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -233,3 +236,25 @@ def test_build_config_validates():
         CacheBuildConfig("d", "t.pt", "o.h5", batch_size=0)
     with pytest.raises(UserError, match="--temperature"):
         CacheBuildConfig("d", "t.pt", "o.h5", temperature=-1.0)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("device_table", [True, False], ids=["device-table", "pinned-copy"])
+def test_cuda_gather_equals_host_gather(tmp_path, monkeypatch, device_table):
+    """Both CUDA paths (the table copied to the GPU; rows gathered into alternating pinned buffers
+    and copied without blocking) give the host's rows, also when results are held across calls."""
+    logits = np.random.default_rng(0).standard_normal((5000, 10)).astype(np.float16)
+    with h5py.File(tmp_path / "t.h5", "w") as f:  # a hand-made cache: no ffcv on some GPU machines
+        f["logits"] = logits
+        f.attrs.update({"format": CACHE_FORMAT, "format_version": FORMAT_VERSION})
+    if not device_table:
+        monkeypatch.setattr(fasttarget.cache, "DEVICE_TABLE_BYTES", 0)
+    cache = TargetCache.open(tmp_path / "t.h5")
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 5000, (n,), generator=generator) for n in (128, 128, 64, 256, 128)]
+    held = [(rows, cache.gather(rows.cuda(), "cuda"), cache.gather(rows, "cuda")) for rows in batches]
+    for rows, from_cuda_rows, from_host_rows in held:
+        assert from_cuda_rows.is_cuda and from_host_rows.is_cuda
+        np.testing.assert_array_equal(from_cuda_rows.cpu().numpy(), logits[rows.numpy()])
+        np.testing.assert_array_equal(from_host_rows.cpu().numpy(), logits[rows.numpy()])
