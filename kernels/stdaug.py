@@ -124,10 +124,10 @@ def color_gray_flip_crop(
     out = torch.empty(images.shape[0], 3, int(size[0]), int(size[1]), dtype=torch.float32)
     _run(
         images.detach().numpy(),
-        factors.detach().to(torch.float32).contiguous().numpy(),
-        gray.detach().to(torch.bool).contiguous().numpy(),
-        flip.detach().to(torch.bool).contiguous().numpy(),
-        boxes.detach().to(torch.float64).contiguous().numpy(),
+        factors.detach().to("cpu", torch.float32).contiguous().numpy(),
+        gray.detach().to("cpu", torch.bool).contiguous().numpy(),
+        flip.detach().to("cpu", torch.bool).contiguous().numpy(),
+        boxes.detach().to("cpu", torch.float64).contiguous().numpy(),
         out.numpy(),
     )
     return out
