@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fasttarget.convert as convert_module
-from fasttarget.convert import ConvertConfig, convert, fingerprint, mean_std, write_split
+from fasttarget.convert import ConvertConfig, channel_histogram, convert, fingerprint, mean_std, write_split
 from fasttarget.dataset import DatasetMeta, check_dataset, read_split
 from fasttarget.demo import SAMPLE_SOURCE
 from fasttarget.errors import UserError
@@ -76,7 +76,7 @@ def test_fingerprint_changes_with_labels_and_pixels():
 
 def test_mean_std_from_histogram_matches_numpy():
     images = np.random.default_rng(1).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
-    mean, std = mean_std(convert_module._histogram(images))
+    mean, std = mean_std(channel_histogram(images))
     x = images.reshape(-1, 3) / 255.0
     np.testing.assert_allclose(mean, x.mean(0), atol=1e-6)
     np.testing.assert_allclose(std, x.std(0), atol=1e-6)

@@ -198,8 +198,11 @@ def _histogram_kernel():
     return histogram
 
 
-def _histogram(images: np.ndarray) -> np.ndarray:
-    """Per-channel counts of each pixel value: int64 ``[3, 256]``."""
+def channel_histogram(images: np.ndarray) -> np.ndarray:
+    """Per-channel counts of each pixel value of uint8 ``[..., 3]`` images: int64 ``[3, 256]``.
+
+    ``mean_std(channel_histogram(images))`` gives the statistics ``meta.json`` records.
+    """
     return _histogram_kernel()(np.ascontiguousarray(images).reshape(-1, 3))
 
 
@@ -249,7 +252,7 @@ def _scan_files(job: tuple[tuple[Path, ...], int | None]) -> tuple[list, np.ndar
             outcomes.append((None, str(err)))
             continue
         outcomes.append((image.shape, None))
-        histogram += _histogram(image)
+        histogram += channel_histogram(image)
     return outcomes, histogram
 
 
@@ -259,13 +262,13 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
         if cfg.max_side is not None and max(images.shape[1:3]) > cfg.max_side:
             images = np.stack([_resize(im, cfg.max_side) for im in images])
             split = Split(split.labels, images=images)
-        return _Scanned(split, {images.shape[1:]}, _histogram(images), 0)
+        return _Scanned(split, {images.shape[1:]}, channel_histogram(images), 0)
 
     from tqdm import tqdm
 
     # Imported and compiled once here: forked scan workers would each spend seconds on them.
     import ffcv.fields.rgb_image  # noqa: F401
-    _histogram(np.zeros((1, 1, 1, 3), np.uint8))
+    channel_histogram(np.zeros((1, 1, 1, 3), np.uint8))
 
     files = split.files
     jobs = [(files[i:i + _SCAN_CHUNK], cfg.max_side) for i in range(0, len(files), _SCAN_CHUNK)]
