@@ -165,7 +165,7 @@ def build_cache(cfg: CacheBuildConfig) -> CacheBuildReport:
         f.attrs.update({
             "format": CACHE_FORMAT,
             "format_version": FORMAT_VERSION,
-            "teacher_path": str(cfg.teacher),
+            "teacher_path": str(cfg.teacher.resolve()),
             "teacher_test_accuracy": float(teacher_accuracy),
             "temperature": float(cfg.temperature),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
