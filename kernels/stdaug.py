@@ -7,7 +7,8 @@ needs; (2) jitter and grayscale into a small per-sample scratch image that stays
 (3) the flipped, resized crop from that scratch into the output.
 
 Semantics are those of the torch ops in :mod:`fasttarget.augment` (``adjust_color``,
-RGB → luma with ITU-R 601 weights, horizontal flip, :func:`fasttarget.kernels.resized_crop.resized_crop`):
+RGB → luma with ITU-R 601 weights, horizontal flip,
+:func:`fasttarget.kernels.resized_crop.resized_crop`):
 torchvision's jitter formulas with a clamp to ``[0, 1]`` after each step and ``torch.lerp``'s
 rounding, and Kornia's corner-aligned bilinear crop. Neutral parameters (factors 1, no gray,
 no flip, the whole-image box at the input size) return the input bit for bit.
@@ -19,11 +20,11 @@ augmenting on a GPU machine without numba works.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numba
 import numpy as np
 import torch
 from torch import Tensor
-
 
 _ZERO, _ONE, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 # ITU-R 601 luma weights, as kornia.color.rgb_to_grayscale.
