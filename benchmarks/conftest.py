@@ -1,0 +1,79 @@
+"""Fixtures shared by the benchmarks: a benchmark context on the bundled sample, a narrow student,
+CUDA gating, and one table of every row measured in the session.
+
+Rows that tests append to ``bench_rows`` are printed as one table at the end of the session
+(whatever ``-s`` says) and, when ``FASTTARGET_BENCH_JSON`` names a file, saved there in the
+``fasttarget bench --json`` format (``scripts/device_check.sh`` reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasttarget.bench import BenchConfig, BenchContext, Row, StudentStep, format_table, machine_info
+
+_ROWS_KEY = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ROWS_KEY] = []
+
+
+@pytest.fixture(scope="session")
+def timing_enabled(request: pytest.FixtureRequest) -> bool:
+    """Whether this session times (``--benchmark-enable``) or runs every benchmark once (the default)."""
+    config = request.config
+    return not (config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"))
+
+
+@pytest.fixture(scope="session")
+def bench_ctx(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, timing_enabled: bool) -> BenchContext:
+    """The ``fasttarget bench`` context on the bundled CIFAR-10 sample (5,000 train images), on CPU.
+
+    Timed sessions take 5 repetitions of 8 training steps after one warm-up; default sessions
+    run each side once, 2 steps.
+    """
+    cfg = BenchConfig(data=sample_dir, device="cpu", repeats=5 if timing_enabled else 1,
+                      warmup=1 if timing_enabled else 0, batches=8 if timing_enabled else 2, width=0.125)
+    return BenchContext(cfg, tmp_path_factory.mktemp("bench"))
+
+
+@pytest.fixture(scope="session")
+def cuda_ctx(tmp_path_factory: pytest.TempPathFactory) -> BenchContext:
+    """The benchmark context on CUDA over the bundled sample: full-width student and teacher,
+    CUDA-event timing. Without ffcv (the GPU check machine) the data is read from the sample's
+    source files and the ffcv paths are skipped.
+    """
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cfg = BenchConfig(device="cuda", repeats=5, warmup=2, batches=20, width=1.0)
+    return BenchContext(cfg, tmp_path_factory.mktemp("bench-cuda"))
+
+
+@pytest.fixture
+def narrow_student(bench_ctx: BenchContext) -> StudentStep:
+    """A fresh ResNet-18 ×0.125 student step on CPU (AdamW, separation loss), as the step suite uses."""
+    return StudentStep(bench_ctx.cfg.width, bench_ctx.meta.num_classes, bench_ctx.device)
+
+
+@pytest.fixture(scope="session")
+def bench_rows(request: pytest.FixtureRequest) -> list[Row]:
+    """Rows measured in this session; printed as one table at the end."""
+    return request.config.stash[_ROWS_KEY]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    rows = config.stash.get(_ROWS_KEY, [])
+    if not rows:
+        return
+    machine = machine_info()
+    terminalreporter.write_sep("=", "fasttarget benchmark rows")
+    terminalreporter.write_line(format_table(rows, machine))
+    out = os.environ.get("FASTTARGET_BENCH_JSON")
+    if out:
+        Path(out).write_text(json.dumps({"machine": machine, "rows": [r.to_dict() for r in rows]}, indent=2) + "\n")

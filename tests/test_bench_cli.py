@@ -1,0 +1,99 @@
+"""``fasttarget bench``: runs every suite on a tiny real input, writes the JSON schema, orients ratios."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from fasttarget.bench import GOALS, BenchConfig, Comparison, Row, format_table, measure
+from fasttarget.cli import app, main
+from fasttarget.errors import UserError
+
+ROW_KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio", "repeats", "min", "max"}
+RECORD = 3073  # CIFAR-10 binary record: 1 label byte + 32*32*3 pixels
+
+
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    """The first records of the bundled sample in the CIFAR-10 binary layout: 600 train, 100 test images."""
+    from fasttarget.demo import SAMPLE_SOURCE
+
+    out = tmp_path_factory.mktemp("tiny") / "cifar-10-batches-bin"
+    out.mkdir()
+    (out / "batches.meta.txt").write_bytes((SAMPLE_SOURCE / "batches.meta.txt").read_bytes())
+    for name, count in [*((f"data_batch_{i}.bin", 120) for i in range(1, 6)), ("test_batch.bin", 100)]:
+        with open(SAMPLE_SOURCE / name, "rb") as fh:
+            (out / name).write_bytes(fh.read(count * RECORD))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench_json(tiny_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    result = CliRunner().invoke(app, [
+        "bench", "all", "--source", str(tiny_source), "--repeats", "1", "--warmup", "0", "--batches", "1",
+        "--json", str(out),
+    ])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(out.read_text()), result.output
+
+
+def test_bench_all_writes_every_suite_with_the_json_keys(bench_json):
+    payload, output = bench_json
+    assert set(payload) == {"machine", "rows"}
+    assert {"cpu", "cores", "torch", "gpu"} <= set(payload["machine"])
+    rows = payload["rows"]
+    assert all(set(row) == ROW_KEYS for row in rows)
+    prefixes = {row["name"].split()[0] for row in rows}
+    assert prefixes == {"convert", "loader", "augment", "cache", "step"}
+    assert {"loader resident b128", "loader resident b512", "augment stdaug b256", "cache gather b128",
+            "step A b128", "step B b128", "step C b128"} <= {row["name"] for row in rows}
+    for row in rows:
+        assert row["repeats"] == 1 and row["value"] > 0 and row["baseline_value"] > 0
+        assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"])
+        assert row["min"] <= row["value"] <= row["max"]
+    # The printed table has one line per row plus header, rule and machine line.
+    table = output[output.index("measurement"):]
+    assert "machine:" in table and all(row["name"] in table for row in rows)
+
+
+def test_ratio_is_oriented_so_higher_is_better_for_fasttarget():
+    def work(seconds):
+        return lambda: time.sleep(seconds)
+
+    faster = measure(Comparison("fast", "call/s", 1, work(0.002), "slow", work(0.02)), repeats=3, warmup=0)
+    slower = measure(Comparison("slow", "call/s", 1, work(0.02), "fast", work(0.002)), repeats=3, warmup=0)
+    assert faster.ratio > 3 and slower.ratio < 1 / 3
+    # baseline_work: a baseline timed on half the work per call is credited for half.
+    halved = measure(Comparison("a", "item/s", 2, work(0.01), "b", work(0.01), baseline_work=1), repeats=3, warmup=0)
+    assert halved.ratio == pytest.approx(2, rel=0.3)
+
+
+def test_table_marks_goals_met_and_missed():
+    def row(ratio):
+        return Row("augment stdaug b256", 100 * ratio, "img/s", "kornia chain", 100, ratio, 1, 100 * ratio, 100 * ratio)
+
+    assert GOALS[("augment stdaug b256", "kornia chain")].min_ratio == 2
+    assert "≥ 2× Kornia chain: met" in format_table([row(2.5)])
+    assert "≥ 2× Kornia chain: MISSED" in format_table([row(1.5)])
+    cuda_goal = Row("step B b128", 1, "img/s", "step A b128", 1, 1.0, 1, 1, 1)
+    assert "(CUDA goal)" in format_table([cuda_goal], {"cpu": "x", "cores": 2, "torch": "t", "gpu": None})
+
+
+@pytest.mark.parametrize("kwargs", [{"suites": ("nope",)}, {"repeats": 0}, {"device": "tpu"}, {"width": 0}])
+def test_bad_settings_are_user_errors(kwargs):
+    with pytest.raises(UserError):
+        BenchConfig(**kwargs)
+
+
+def test_cli_reports_a_bad_suite_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["fasttarget", "bench", "convert", "lodaer"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown benchmark suite lodaer") and "\n" not in err
