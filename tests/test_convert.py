@@ -111,7 +111,7 @@ def test_existing_output_needs_force_and_check_detects_tampering(sample_dir, tmp
         DatasetMeta.load(copy)
 
 
-def test_ctrl_c_leaves_previous_dataset_intact(sample_dir, tmp_path, monkeypatch):
+def test_interrupted_force_leaves_previous_dataset_intact(sample_dir, tmp_path, monkeypatch):
     out = tmp_path / "data"
     shutil.copytree(sample_dir, out)
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
@@ -131,28 +131,35 @@ def test_ctrl_c_leaves_previous_dataset_intact(sample_dir, tmp_path, monkeypatch
 
 
 _CONVERT_SCRIPT = """
-import sys
+import signal, sys
 from pathlib import Path
+# A shell that starts jobs in the background makes them ignore SIGINT; a terminal's Ctrl-C does not.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fasttarget.convert import ConvertConfig, convert
 convert(ConvertConfig("cifar10", Path(sys.argv[1]), Path(sys.argv[2]), progress=False))
 """
 
 
-def test_killed_conversion_leaves_no_train_beton_and_rerun_completes(cifar10_source, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_interrupted_conversion_leaves_no_train_beton_and_rerun_completes(cifar10_source, tmp_path, sig):
     out = tmp_path / "data"
     proc = subprocess.Popen([sys.executable, "-c", _CONVERT_SCRIPT, str(cifar10_source), str(out)],
                             start_new_session=True, stderr=subprocess.PIPE)
     temporary = out / f".train.beton.{proc.pid}.tmp"
     deadline = time.monotonic() + 300
-    # Wait until the writer processes are filling the train beton, then kill the whole group.
+    # Wait until the writer processes are filling the train beton, then signal the whole group as a terminal would.
     while not (temporary.exists() and temporary.stat().st_size > 4 << 20):
-        assert proc.poll() is None, f"conversion ended before it could be killed: {proc.stderr.read().decode()}"
+        assert proc.poll() is None, f"conversion ended before it could be stopped: {proc.stderr.read().decode()}"
         assert time.monotonic() < deadline, "the conversion never started writing"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, sig)
+    proc.communicate(timeout=120)  # a hang here is the failure DatasetWriter alone has on Ctrl-C
     assert not (out / "train.beton").exists()
     assert not (out / "meta.json").exists()
+    if sig == signal.SIGINT:
+        assert proc.returncode != 0
+        assert list(out.iterdir()) == [], "Ctrl-C should remove the temporary files"
+        return
 
     meta = convert(ConvertConfig("cifar10", cifar10_source, out, progress=False))
     assert meta.count("train") == 50_000

@@ -28,10 +28,13 @@ import functools
 import hashlib
 import os
 import re
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -170,8 +173,51 @@ def write_split(
         },
         num_workers=num_workers or usable_cores(),
     )
+    _run_in_process_group(functools.partial(_write, writer, _Samples(images, labels), desc, progress))
+    if not Path(path).is_file():
+        raise RuntimeError(f"the beton writer exited without writing {path}")
+
+
+def _write(writer, samples: _Samples, desc: str, progress: bool) -> None:
     with _writer_progress(desc, progress):
-        writer.from_indexed_dataset(_Samples(images, labels))
+        writer.from_indexed_dataset(samples)
+
+
+def _run_in_process_group(work: Callable[[], None]) -> None:
+    """Run ``work`` in a forked child that leads its own process group, and wait for it.
+
+    DatasetWriter cannot be interrupted cleanly: on Ctrl-C its worker processes die, but its
+    work queue keeps the interpreter from exiting, so the process hangs. Run in a separate
+    group, the writer and its workers never see the terminal's Ctrl-C; this process kills
+    the whole group instead, and the group kills itself if this process dies first.
+    """
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=_group_leader, args=(work, os.getpid()))
+    child.start()
+    try:
+        child.join()
+    except BaseException:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:  # interrupted before the child made its group
+            child.kill()
+        child.join()
+        raise
+    if child.exitcode != 0:
+        raise RuntimeError(f"the beton writer failed (exit code {child.exitcode}); its error is printed above")
+
+
+def _group_leader(work: Callable[[], None], parent: int) -> None:
+    os.setpgrp()
+    threading.Thread(target=_kill_group_when_orphaned, args=(parent,), daemon=True).start()
+    work()
+
+
+def _kill_group_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os.killpg(0, signal.SIGKILL)
 
 
 # --- statistics and fingerprint --------------------------------------------------------
