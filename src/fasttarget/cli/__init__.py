@@ -25,6 +25,7 @@ app = typer.Typer(
 # Command modules, in the order their commands appear in --help.
 _COMMAND_MODULES = (
     "data",
+    "train",
     "cache",
     "bench",
     "sweep",

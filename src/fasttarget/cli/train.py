@@ -1,0 +1,132 @@
+"""``fasttarget teacher`` (the teacher ladder) and ``fasttarget train`` (a student run).
+
+Multi-GPU / multi-node: start ``fasttarget train`` under ``torchrun``; this module joins the
+process group ``torchrun`` describes in the environment, and the library does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption
+
+ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50 or vit_s.")
+WidthOption = typer.Option(1.0, "--width", help="Multiplier of ResNet-18's base width 64 (0.25 = 16 channels).")
+DeviceOption = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
+CompileOption = typer.Option(None, "--compile/--no-compile", help="torch.compile the network (default: on CUDA only).")
+ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("teacher", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(teacher)
+    app.command("train")(train)
+
+
+def teacher(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="Converted dataset directory."),
+    out: Path = typer.Option(..., "--out", help="Directory for teacher-acc*.pt and ladder.json."),
+    accuracies: Optional[list[float]] = typer.Option(
+        None, "--accuracies", help="Target test accuracies as fractions: --accuracies 0.3 0.5 0.7"),
+    aug: str = typer.Option("stdaug", "--aug", help="Augmentation of the teacher's training views."),
+    arch: str = ArchOption,
+    width: float = WidthOption,
+    max_steps: int = typer.Option(20_000, "--max-steps", help="Give up on the remaining targets after this many steps."),
+    eval_every: int = typer.Option(20, "--eval-every", help="Steps between evaluations while far from a target."),
+    fine_window: float = typer.Option(0.02, "--fine-window", help="Evaluate every step within this of the next target."),
+    random_init: bool = typer.Option(False, "--random-init", help="Also save the untrained network (the ~10% teacher)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialization, data order and augmentation."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    ipc: IpcOption = None,
+    fraction: FractionOption = None,
+    subset_seed: SubsetSeedOption = 0,
+    device: Optional[str] = DeviceOption,
+    compile: Optional[bool] = CompileOption,
+    force: bool = typer.Option(False, "--force", help="Retrain a ladder already in --out."),
+    progress: bool = ProgressOption,
+) -> None:
+    """Train teachers with one-hot CE and save the first checkpoint reaching each target accuracy."""
+    from fasttarget.errors import UserError
+    from fasttarget.teacher import LadderConfig, train_ladder
+
+    targets = list(accuracies or [])
+    # click options take one value each; the rest of `--accuracies 0.3 0.5 0.7` arrives as extra args.
+    for extra in ctx.args:
+        try:
+            targets.append(float(extra))
+        except ValueError:
+            raise UserError(f"unexpected argument {extra!r}: see `fasttarget teacher --help`") from None
+    result = train_ladder(LadderConfig(
+        data=data, out=out, accuracies=tuple(targets), aug=aug, arch=arch, width=width, max_steps=max_steps,
+        eval_every=eval_every, fine_window=fine_window, seed=seed, random_init=random_init,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, ipc=ipc, fraction=fraction,
+        subset_seed=subset_seed, device=device, compile=compile, force=force, progress=progress,
+    ))
+    for rung in result.rungs:
+        target = "random" if rung.target is None else f"{rung.target:.0%}"
+        typer.echo(f"target {target:>6}: {rung.path}  measured {rung.accuracy:.2%} at step {rung.step}")
+    if result.missed:
+        missed = ", ".join(f"{t:.0%}" for t in result.missed)
+        typer.echo(f"missed {missed} within {result.steps} steps (best {result.best_accuracy:.2%}): "
+                   "raise --max-steps or --width")
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="Converted dataset directory."),
+    strategy: str = typer.Option(..., "--strategy", help="A (one-hot), B (online teacher) or C (cached teacher)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (config.json, metrics.jsonl, checkpoints, final.json)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint (B; C builds its cache from it)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Strategy C's logits cache (fasttarget cache build)."),
+    aug: str = typer.Option("stdaug", "--aug", help="Student augmentation, e.g. stdaug or stdaug+mixup."),
+    steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
+    eval_every: int = typer.Option(100, "--eval-every", help="Steps between test evaluations."),
+    checkpoint_every: Optional[int] = typer.Option(
+        None, "--checkpoint-every", help="Steps between checkpoints, a multiple of --eval-every (default: equal)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialization, data order and augmentation."),
+    ipc: IpcOption = None,
+    fraction: FractionOption = None,
+    subset_seed: SubsetSeedOption = 0,
+    arch: str = ArchOption,
+    width: float = WidthOption,
+    loss: str = typer.Option("separation", "--loss", help="separation (the paper's) or coupled (plain KD)."),
+    temperature: float = typer.Option(2.0, "--temperature", help="Soft-target temperature T."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Global batch (split across torchrun processes)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    device: Optional[str] = DeviceOption,
+    compile: Optional[bool] = CompileOption,
+    progress: bool = ProgressOption,
+) -> None:
+    """Train a student on Strategy A, B or C targets and write its run directory."""
+    from fasttarget.train import TrainConfig, distributed_info, init_distributed
+    from fasttarget.train import train as run_train
+
+    cfg = TrainConfig(
+        data=data, out=out, strategy=strategy.upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
+        eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
+        subset_seed=subset_seed, arch=arch, width=width, loss=loss, temperature=temperature,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, compile=compile,
+        resume=resume, progress=progress,
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _join_torchrun(device)
+        init_distributed(device)
+    final = run_train(cfg)
+    if distributed_info()[0] == 0:
+        typer.echo(f"{out}: step {final['step']}  test top-1 h {final['test_acc_h']:.2%}  "
+                   f"g {final['test_acc_g']:.2%}  ({final['wall_s']:.0f} s)")
+
+
+def _join_torchrun(device: str | None) -> None:
+    """Pin this process to its GPU (``LOCAL_RANK``) before the process group starts."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -1,0 +1,268 @@
+"""The teacher ladder: one CE training run saving the first checkpoint at each target accuracy.
+
+The paper's teachers of different quality (Appendix A) come from one Strategy A training
+run with plain cross-entropy, validated as it goes, "saved the first time it reached the
+preset accuracy". :func:`train_ladder` does that on the test split:
+
+- it evaluates every ``eval_every`` steps, and every step once the last accuracy is within
+  ``fine_window`` of the next target, so a saved teacher lands close above its target
+  (the measured accuracy is what is recorded, in the checkpoint and in ``ladder.json``);
+- one evaluation that clears several targets saves the same weights for each of them;
+- ``random_init`` also saves the untrained network (the paper's "10 %" teacher);
+- it stops at the highest target or after ``max_steps``, reporting the targets it missed.
+
+Files in ``out``: ``teacher-acc30.pt`` … (:func:`teacher_filename`), ``teacher-random.pt``,
+and ``ladder.json`` (config, the saved rungs, the missed targets, every evaluation).
+
+Example:
+    >>> ladder = Ladder((0.5, 0.3), eval_every=20, fine_window=0.02)
+    >>> ladder.crossed(0.29), ladder.steps_to_next_eval(0.29)
+    ([], 1)
+    >>> ladder.crossed(0.55), ladder.done
+    ([0.3, 0.5], True)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fasttarget.errors import UserError
+from fasttarget.losses import hard_targets, soft_cross_entropy
+from fasttarget.models import ARCHS, CheckpointInfo, ModelConfig, build_classifier, save_classifier
+from fasttarget.train import (
+    Progress,
+    Throughput,
+    autocast,
+    build_optimizer,
+    evaluate,
+    iterate_steps,
+    prepare_model,
+    resolve_device,
+    eval_loader_config,
+    train_loader_config,
+    training_subset,
+    write_json,
+)
+
+LADDER_FILE = "ladder.json"
+RANDOM_FILE = "teacher-random.pt"
+
+
+def teacher_filename(target: float) -> str:
+    """``0.3`` → ``"teacher-acc30.pt"`` (``0.305`` → ``"teacher-acc30.5.pt"``)."""
+    return f"teacher-acc{round(target * 100, 6):g}.pt"
+
+
+@dataclass(frozen=True)
+class LadderConfig:
+    """A teacher ladder (``fasttarget teacher``).
+
+    Args:
+        data: converted dataset directory.
+        out: directory for the teachers and ``ladder.json``.
+        accuracies: target test accuracies in ``(0, 1)``.
+        aug: augmentation of the teacher's training views.
+        arch, width: the teacher network (``width`` multiplies ResNet-18's base width 64).
+        max_steps: give up on the remaining targets after this many steps.
+        eval_every: steps between evaluations while far from the next target.
+        fine_window: evaluate every step once within this much of the next target.
+        seed: seed of the initialization, data order and augmentation.
+        random_init: also save the untrained network as ``teacher-random.pt``.
+        batch_size, lr, weight_decay: the optimizer's (AdamW).
+        ipc, fraction, subset_seed: train the teachers on a class-stratified subset.
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        compile: ``torch.compile``; ``None`` = on CUDA only.
+        force: overwrite a ladder already in ``out``.
+        progress: show a progress bar.
+    """
+
+    data: Path
+    out: Path
+    accuracies: tuple[float, ...] = (0.3, 0.5, 0.7)
+    aug: str = "stdaug"
+    arch: str = "resnet18"
+    width: float = 1.0
+    max_steps: int = 20_000
+    eval_every: int = 20
+    fine_window: float = 0.02
+    seed: int = 0
+    random_init: bool = False
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    ipc: int | None = None
+    fraction: float | None = None
+    subset_seed: int = 0
+    device: str | None = None
+    compile: bool | None = None
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "accuracies", tuple(sorted(float(a) for a in self.accuracies)))
+        if not self.accuracies and not self.random_init:
+            raise UserError("no teacher to train: pass --accuracies (e.g. 0.3 0.5 0.7) and/or --random-init")
+        bad = [a for a in self.accuracies if not 0 < a < 1]
+        if bad:
+            raise UserError(f"--accuracies must be fractions in (0, 1), got {bad}: write 0.3 for 30 %")
+        if len(set(self.accuracies)) != len(self.accuracies):
+            raise UserError(f"--accuracies lists a target twice: {list(self.accuracies)}")
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        for name in ("max_steps", "eval_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
+
+
+class Ladder:
+    """Which targets are still pending, and when to evaluate next.
+
+    Args:
+        targets: target accuracies.
+        eval_every: steps between evaluations while far from the next target.
+        fine_window: evaluate every step once the accuracy is within this of the next target.
+    """
+
+    def __init__(self, targets, eval_every: int, fine_window: float):
+        self.pending = sorted(targets)
+        self.eval_every = eval_every
+        self.fine_window = fine_window
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def crossed(self, accuracy: float) -> list[float]:
+        """The pending targets ``accuracy`` reaches; they are no longer pending."""
+        reached = [t for t in self.pending if accuracy >= t]
+        self.pending = [t for t in self.pending if accuracy < t]
+        return reached
+
+    def steps_to_next_eval(self, accuracy: float) -> int:
+        near = self.pending and accuracy >= self.pending[0] - self.fine_window
+        return 1 if near else self.eval_every
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One saved teacher: its target (``None`` for the random-init one), file, measured accuracy, step."""
+
+    target: float | None
+    path: Path
+    accuracy: float
+    step: int
+
+
+@dataclass(frozen=True)
+class LadderResult:
+    """What a ladder run saved and missed.
+
+    Attributes:
+        rungs: saved teachers, in the order they were saved.
+        missed: targets not reached within ``max_steps``.
+        best_accuracy: the highest accuracy measured.
+        steps: steps trained.
+        evaluations: every ``(step, accuracy)`` measured.
+    """
+
+    rungs: tuple[Rung, ...]
+    missed: tuple[float, ...]
+    best_accuracy: float
+    steps: int
+    evaluations: tuple[tuple[int, float], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rungs": [{"target": r.target, "path": r.path.name, "accuracy": r.accuracy, "step": r.step}
+                      for r in self.rungs],
+            "missed": list(self.missed), "best_accuracy": self.best_accuracy, "steps": self.steps,
+            "evaluations": [list(e) for e in self.evaluations],
+        }
+
+
+def train_ladder(cfg: LadderConfig) -> LadderResult:
+    """Train one teacher with cross-entropy and save it at each target accuracy.
+
+    Raises:
+        UserError: bad data directory, or a ladder already in ``out`` without ``force``.
+    """
+    from fasttarget.dataset import DatasetMeta
+    from fasttarget.loader import build_loader
+
+    ladder_path = cfg.out / LADDER_FILE
+    if ladder_path.exists() and not cfg.force:
+        raise UserError(f"{cfg.out} already holds a teacher ladder: pass --force to retrain it or choose another --out")
+    meta = DatasetMeta.load(cfg.data)
+    device = resolve_device(cfg.device)
+    subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
+    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset))
+    test_loader = build_loader(eval_loader_config(cfg.data, device))
+    torch.manual_seed(cfg.seed)
+    image_size = meta.image_shape[0] if meta.image_shape else 224
+    model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
+    net, forward = prepare_model(build_classifier(model_cfg), device, cfg.compile)
+    optimizer = build_optimizer(net, cfg.lr, cfg.weight_decay)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+
+    rungs: list[Rung] = []
+    evaluations: list[tuple[int, float]] = []
+
+    def save(target: float | None, accuracy: float, step: int) -> None:
+        path = cfg.out / (RANDOM_FILE if target is None else teacher_filename(target))
+        extra = {"target_accuracy": target, "aug": cfg.aug, "seed": cfg.seed, "lr": cfg.lr,
+                 "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "ipc": cfg.ipc,
+                 "fraction": cfg.fraction}
+        save_classifier(path, net, CheckpointInfo(model_cfg, accuracy, meta.fingerprint, meta.mean, meta.std,
+                                                  step, extra))
+        rungs.append(Rung(target, path, accuracy, step))
+
+    if cfg.random_init:
+        (accuracy,) = evaluate(net, test_loader, device)
+        evaluations.append((0, accuracy))
+        save(None, accuracy, 0)
+
+    ladder = Ladder(cfg.accuracies, cfg.eval_every, cfg.fine_window)
+    progress = Progress(cfg.max_steps, 0, "teacher", cfg.progress)
+    throughput = Throughput(device)
+    next_eval, step = cfg.eval_every, 0
+    try:
+        for step, batch in iterate_steps(loader, 0, cfg.max_steps if not ladder.done else 0):
+            with autocast(device):
+                logits = forward(batch.images)
+            loss = soft_cross_entropy(logits, hard_targets(batch.labels, meta.num_classes, batch.record))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            throughput.images += cfg.batch_size
+            if step < next_eval and step != cfg.max_steps:
+                continue
+            throughput.pause()
+            (accuracy,) = evaluate(net, test_loader, device)
+            evaluations.append((step, accuracy))
+            for target in ladder.crossed(accuracy):
+                save(target, accuracy, step)
+            progress.acc = f"{accuracy:.2%}"
+            progress.update(step, loss.item(), throughput.rate())
+            throughput.reset()
+            if ladder.done:
+                break
+            next_eval = step + ladder.steps_to_next_eval(accuracy)
+    finally:
+        progress.close()
+
+    result = LadderResult(
+        rungs=tuple(rungs), missed=tuple(ladder.pending),
+        best_accuracy=max((a for _, a in evaluations), default=0.0), steps=step,
+        evaluations=tuple(evaluations),
+    )
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}
+    write_json(ladder_path, {"config": config, "dataset_fingerprint": meta.fingerprint, **result.to_json()})
+    return result

@@ -1,0 +1,556 @@
+"""The student training loop: Strategies A/B/C, checkpoints, bit-exact resume, DDP.
+
+:func:`train` trains a :class:`~fasttarget.models.Student` for a number of optimizer steps
+with the separation loss (or plain KD, ``loss="coupled"``), evaluates the classifier ``h``
+and the soft-target head ``g`` on the test split every ``eval_every`` steps and writes the
+run directory of ``docs/design.md``:
+
+- ``config.json``: the :class:`TrainConfig` plus what it resolved to (dataset fingerprint,
+  teacher SHA-256, cache file, world size, device);
+- ``metrics.jsonl``: one object per evaluation (``step``, ``images_seen``, ``test_acc_h``,
+  ``test_acc_g``, ``loss_b``, ``loss_h``, ``loss`` — means over the steps since the previous
+  evaluation — ``img_per_s``, ``wall_s``); accuracies are fractions in ``[0, 1]``;
+- ``checkpoints/last.pt``: student, optimizer, RNG states and loader position;
+- ``final.json``: ``{"status": "done", "step", "test_acc_h", "test_acc_g", "wall_s"}``.
+
+Resume: the loader's batch ``k`` of epoch ``e`` depends only on ``(seed, e, k)``, and the
+checkpoint holds everything else that evolves (weights, BatchNorm statistics, AdamW
+moments, RNG states), so a run killed at any moment and resumed writes the same
+``metrics.jsonl`` on CPU as an uninterrupted one (``img_per_s`` and ``wall_s`` aside).
+Evaluations after the last checkpoint are dropped and recomputed.
+
+Distributed: start under ``torchrun``; the caller initializes the process group
+(:func:`init_distributed`). ``batch_size`` stays the global batch, each rank trains on
+its share of every step's batch, and only rank 0 writes.
+
+Example:
+    >>> cfg = TrainConfig(data="data/cifar10", out="runs/a", strategy="A", width=0.25, steps=500)
+    >>> cfg.checkpoint_every, cfg.compile
+    (100, None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fasttarget.errors import UserError
+from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
+from fasttarget.models import ARCHS, ModelConfig, _unwrap, file_sha256
+from fasttarget.targets import STRATEGIES
+
+RUN_FORMAT = "fasttarget-run/1"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+TERMS = ("loss_b", "loss_h", "loss")
+# Host syncs for the progress bar happen this often (a sync per step would stall CUDA).
+_BAR_EVERY = 10
+# Fields that may differ between a run and its resumption: they change how, not what, is trained.
+_RUNTIME_FIELDS = ("resume", "progress", "device", "compile")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One student training run (``fasttarget train``).
+
+    Args:
+        data: converted dataset directory.
+        out: run directory.
+        strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
+        teacher: teacher checkpoint; required for B; for C it names the cache's teacher and,
+            without ``cache``, the cache is built (or reused) next to it.
+        cache: Strategy C's logits cache (``fasttarget cache build``).
+        aug: augmentation name (``fasttarget.augment``), e.g. ``"stdaug+mixup"``.
+        steps: optimizer steps to train.
+        eval_every: steps between evaluations on the test split (the last step is always evaluated).
+        checkpoint_every: steps between checkpoints, a multiple of ``eval_every`` (default: ``eval_every``).
+        seed: seed of the initialization, data order and augmentation parameters.
+        ipc, fraction, subset_seed: train on a class-stratified subset (images per class or a fraction).
+        arch, width: the student (``width`` multiplies ResNet-18's base width 64).
+        loss: ``"separation"`` (the paper's) or ``"coupled"`` (plain KD), see :mod:`fasttarget.losses`.
+        temperature: T of the soft targets and of ``g``'s softmax.
+        batch_size: global batch (split across ranks under DDP).
+        lr, weight_decay: AdamW's.
+        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        compile: ``torch.compile`` the student; ``None`` = on CUDA only.
+        resume: continue the run in ``out`` from its last checkpoint (a fresh start if it has none).
+        progress: show a progress bar.
+    """
+
+    data: Path
+    out: Path
+    strategy: str = "A"
+    teacher: Path | None = None
+    cache: Path | None = None
+    aug: str = "stdaug"
+    steps: int = 1000
+    eval_every: int = 100
+    checkpoint_every: int | None = None
+    seed: int = 0
+    ipc: int | None = None
+    fraction: float | None = None
+    subset_seed: int = 0
+    arch: str = "resnet18"
+    width: float = 1.0
+    loss: str = "separation"
+    temperature: float = 2.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    device: str | None = None
+    compile: bool | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("data", "out", "teacher", "cache"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        if self.checkpoint_every is None:
+            object.__setattr__(self, "checkpoint_every", self.eval_every)
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.strategy == "A" and (self.teacher or self.cache):
+            raise UserError("strategy A trains on one-hot labels and uses no teacher: drop --teacher/--cache")
+        if self.strategy == "B" and self.teacher is None:
+            raise UserError("strategy B needs a teacher: pass --teacher CKPT (train one with `fasttarget teacher`)")
+        if self.strategy == "B" and self.cache is not None:
+            raise UserError("strategy B scores every view online and reads no cache: drop --cache (or use --strategy C)")
+        if self.strategy == "C" and self.teacher is None and self.cache is None:
+            raise UserError("strategy C needs --cache FILE or --teacher CKPT (the cache is then built next to it)")
+        if self.loss not in LOSSES:
+            raise UserError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        for name in ("steps", "eval_every", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 1 or self.checkpoint_every % self.eval_every:
+            raise UserError(f"--checkpoint-every ({self.checkpoint_every}) must be a positive multiple of "
+                            f"--eval-every ({self.eval_every}): resume restarts at an evaluation")
+        training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
+        if not self.temperature > 0:
+            raise UserError(f"--temperature must be positive, got {self.temperature}")
+        if self.device not in (None, "cpu", "cuda"):
+            raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON-ready values (paths as strings)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+# ---------------------------------------------------------------- pieces shared with the teacher ladder
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``"cpu"``/``"cuda"``/``None`` (CUDA when available) → a device; under DDP, the local GPU."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was requested but no CUDA device is visible: pass --device cpu")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on CPU (bf16 convolutions there are slow, and CPU runs resume bit-exactly)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(net: nn.Module, device: torch.device, compile: bool | None) -> tuple[nn.Module, nn.Module]:
+    """Move ``net`` to ``device`` in channels_last; returns ``(net, forward)``.
+
+    ``forward`` is ``torch.compile(net)`` when ``compile`` (default: on CUDA), else ``net``
+    itself; both share parameters.
+
+    Raises:
+        UserError: on CPU, a convolution narrower than 8 channels (see below).
+    """
+    narrowest = min((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=8)
+    if device.type == "cpu" and narrowest < 8:
+        # oneDNN's channels_last convolution backward corrupts memory below 8 channels on CPU
+        # (torch 2.14: a segfault or a hang at width 0.0625); refuse rather than crash.
+        raise UserError(f"--width gives convolutions of {narrowest} channels, which crash channels_last "
+                        "training on CPU: use --width 0.125 or more")
+    net = net.to(device=device, memory_format=torch.channels_last)
+    if compile is None:
+        compile = device.type == "cuda"
+    return net, (torch.compile(net) if compile else net)
+
+
+def build_optimizer(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over every parameter (the paper uses Lightning's default AdamW: lr 1e-3, wd 0.01)."""
+    return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def distributed_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialized process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str | None = None) -> None:
+    """Join the ``torchrun`` process group (NCCL with CUDA, gloo on CPU).
+
+    ``torch.distributed`` reads ``MASTER_ADDR``/``RANK``/``WORLD_SIZE`` itself; on CUDA the
+    local GPU is picked from ``LOCAL_RANK`` by the caller, see :func:`fasttarget.cli.train`.
+    """
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader, device: torch.device) -> tuple[float, ...]:
+    """Top-1 accuracy of each of ``net``'s outputs over ``loader``, in ``[0, 1]``.
+
+    ``net`` returns logits or a tuple of logits (the student's ``(g, h)``).
+    """
+    was_training = net.training
+    net.eval()
+    correct, total = None, 0
+    for batch in loader:
+        with autocast(device):
+            outputs = net(batch.images)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        hits = torch.stack([(out.argmax(1) == batch.labels).sum() for out in outputs])
+        correct = hits if correct is None else correct + hits
+        total += batch.labels.numel()
+    net.train(was_training)
+    if correct is None:
+        raise UserError("the test split is empty: reconvert the dataset with a test split")
+    return tuple((correct.double() / total).tolist())
+
+
+def iterate_steps(loader, start_step: int, stop_step: int) -> Iterator[tuple[int, Any]]:
+    """Yield ``(step, batch)`` for steps ``start_step+1 … stop_step`` across epochs.
+
+    Step ``s`` trains on batch ``(s-1) mod len(loader)`` of epoch ``(s-1) // len(loader)``;
+    resuming skips the done batches of the current epoch without computing them.
+    """
+    epoch, skip = divmod(start_step, len(loader))
+    loader.load_state_dict({"epoch": epoch, "batch": skip})
+    step = start_step
+    while step < stop_step:
+        for batch in loader:  # each pass is the next epoch
+            step += 1
+            yield step, batch
+            if step >= stop_step:
+                return
+
+
+class Progress:
+    """A tqdm bar showing step, loss, img/s and the last accuracy (silent when disabled)."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
+                        unit="step")
+        self.acc = "-"
+
+    def update(self, step: int, loss: float, img_per_s: float) -> None:
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix_str(f"loss {loss:.3f}  {img_per_s:,.0f} img/s  acc {self.acc}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Throughput:
+    """Images per second of training alone (evaluation and checkpoint time excluded)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.images, self.seconds, self._start = 0, 0.0, time.perf_counter()
+
+    def pause(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+
+    def rate(self) -> float:
+        elapsed = self.seconds + time.perf_counter() - self._start
+        return self.images / max(elapsed, 1e-9)
+
+    def reset(self) -> None:
+        self.images, self.seconds, self._start = 0, 0.0, time.perf_counter()
+
+
+def training_subset(ipc: int | None, fraction: float | None, seed: int):
+    """``--ipc``/``--fraction`` as a :class:`~fasttarget.subsets.SubsetConfig`; ``None`` for the whole split.
+
+    Raises:
+        UserError: both given, or a bad value.
+    """
+    from fasttarget.subsets import SubsetConfig
+
+    subset = SubsetConfig(ipc=ipc, fraction=fraction, seed=seed)
+    return None if subset.is_full else subset
+
+
+def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None):
+    """The loader config of a training split: shuffled, augmented, ``drop_last``, this rank's share.
+
+    Args:
+        subset: a :class:`~fasttarget.subsets.SubsetConfig` or ``None`` for the whole split.
+    """
+    from fasttarget.loader import LoaderConfig
+
+    _, world = distributed_info()
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} is not divisible by the {world} processes: pick a multiple")
+    return LoaderConfig(data_dir=data, split="train", batch_size=batch_size // world, shuffle=True, drop_last=True,
+                        seed=seed, augment=aug, device=device, subset=subset)
+
+
+def eval_loader_config(data: Path, device: torch.device, batch_size: int = 1000):
+    """The evaluation loader: the whole test split on every rank, resident, in order, no augmentation."""
+    from fasttarget.loader import LoaderConfig
+
+    # rank 0 of 1: sharding would pad the split with repeated samples to even out the ranks.
+    return LoaderConfig(data_dir=data, split="test", batch_size=batch_size, shuffle=False, drop_last=False,
+                        augment="noaug", backend="resident", device=device, rank=0, world_size=1)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG's state (the loader's are derived from the seed and need none)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a kill never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write a JSON file atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- the student run
+
+
+def default_cache_path(teacher: Path, fingerprint: str) -> Path:
+    """Where Strategy C keeps the cache it builds for a teacher: next to it, named by both hashes."""
+    return teacher.with_name(f"{teacher.stem}.cache-{file_sha256(teacher)[:12]}-{fingerprint[:12]}.h5")
+
+
+def _ensure_cache(cfg: TrainConfig, meta, device: torch.device, progress: bool) -> Path:
+    """Strategy C's cache file: the given one, or one built from ``cfg.teacher`` (once, by rank 0)."""
+    if cfg.cache is not None:
+        return cfg.cache
+    from fasttarget.cache import CacheBuildConfig, build_cache
+
+    path = default_cache_path(cfg.teacher, meta.fingerprint)
+    rank, world = distributed_info()
+    if rank == 0 and not path.is_file():
+        build_cache(CacheBuildConfig(data=cfg.data, teacher=cfg.teacher, out=path, temperature=cfg.temperature,
+                                     device=str(device), progress=progress))
+    if world > 1:
+        dist.barrier()
+    return path
+
+
+def _resolved(cfg: TrainConfig, meta, cache: Path | None, device: torch.device, compile: bool) -> dict[str, Any]:
+    """``config.json``: the config plus what it resolved to."""
+    teacher_sha = file_sha256(cfg.teacher) if cfg.teacher else None
+    return {
+        "format": RUN_FORMAT,
+        **cfg.to_json(),
+        "cache": str(cache) if cache else None,
+        "num_classes": meta.num_classes,
+        "dataset": meta.dataset,
+        "dataset_fingerprint": meta.fingerprint,
+        "teacher_sha256": teacher_sha,
+        "world_size": distributed_info()[1],
+        "device_resolved": device.type,
+        "compile_resolved": compile,
+        "torch_version": torch.__version__,
+    }
+
+
+def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
+    for f in fields(TrainConfig):
+        if f.name in _RUNTIME_FIELDS or f.name == "cache":
+            continue
+        now = cfg.to_json()[f.name]
+        if saved.get(f.name) != now:
+            raise UserError(f"{out} holds a run with {f.name}={saved.get(f.name)!r}, not {now!r}: "
+                            "resume with the same settings or choose another --out")
+
+
+def _read_metrics(path: Path, up_to_step: int) -> list[str]:
+    """The complete lines of ``metrics.jsonl`` up to a step (a killed run may leave a torn last line)."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("step", 0) <= up_to_step:
+            kept.append(line)
+    return kept
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a student and write its run directory; returns the contents of ``final.json``.
+
+    Raises:
+        UserError: bad data, teacher or cache; an existing run without ``resume``; a run
+            to resume that was started with other settings.
+    """
+    from fasttarget.dataset import DatasetMeta
+    from fasttarget.loader import build_loader
+    from fasttarget.targets import TargetConfig, build_targets
+
+    rank, world = distributed_info()
+    out = cfg.out
+    config_path, ckpt_path, final_path = out / "config.json", out / CHECKPOINT, out / "final.json"
+    if config_path.is_file():
+        if not cfg.resume:
+            raise UserError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+        _check_same_run(json.loads(config_path.read_text()), cfg, out)
+        if final_path.is_file():
+            return json.loads(final_path.read_text())
+
+    meta = DatasetMeta.load(cfg.data)
+    if cfg.teacher is not None and not cfg.teacher.is_file():
+        raise UserError(f"teacher checkpoint {cfg.teacher} does not exist: train one with `fasttarget teacher`")
+    device = resolve_device(cfg.device)
+    cache = _ensure_cache(cfg, meta, device, cfg.progress and rank == 0) if cfg.strategy == "C" else None
+    targets = build_targets(
+        TargetConfig(strategy=cfg.strategy, temperature=cfg.temperature, teacher=cfg.teacher, cache=cache,
+                     compile=bool(cfg.compile) if cfg.compile is not None else device.type == "cuda"),
+        meta, device,
+    )
+    subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
+    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset),
+                          targets=targets)
+    test_loader = build_loader(eval_loader_config(cfg.data, device))
+
+    torch.manual_seed(cfg.seed)
+    image_size = meta.image_shape[0] if meta.image_shape else 224
+    model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
+    student, forward = prepare_model(build_student(model_cfg, cfg.loss), device, cfg.compile)
+    optimizer = build_optimizer(student, cfg.lr, cfg.weight_decay)
+    compiled = forward is not student
+
+    start_step, wall_before = 0, 0.0
+    if cfg.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start_step, wall_before = state["step"], state["wall_s"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not config_path.is_file():
+            write_json(config_path, _resolved(cfg, meta, cache, device, compiled))
+        kept = _read_metrics(out / "metrics.jsonl", start_step)
+        (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_ids = [device.index] if device.type == "cuda" else None
+        forward = DistributedDataParallel(forward, device_ids=ddp_ids)
+    num_classes = meta.num_classes
+
+    def step_fn(batch) -> dict[str, torch.Tensor]:
+        with autocast(device):
+            logits_g, logits_h = forward(batch.images)
+        terms = loss_terms(logits_g, logits_h, batch.targets, hard_targets(batch.labels, num_classes, batch.record),
+                           cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        return terms
+
+    def checkpoint(step: int, wall_s: float) -> None:
+        atomic_torch_save({
+            "format": RUN_FORMAT, "step": step, "wall_s": wall_s,
+            "loader": dict(zip(("epoch", "batch"), divmod(step, len(loader)))),
+            "student": _unwrap(student).state_dict(), "optimizer": optimizer.state_dict(),
+            "rng": rng_state(), "config": cfg.to_json(),
+        }, ckpt_path)
+
+    final = _run_steps(cfg, loader, step_fn, lambda: evaluate(student, test_loader, device),
+                       checkpoint, start_step, wall_before, device, rank)
+    if rank == 0:
+        write_json(final_path, final)
+    return final
+
+
+def _run_steps(cfg: TrainConfig, loader, step_fn: Callable, eval_fn: Callable, checkpoint: Callable,
+               start_step: int, wall_before: float, device: torch.device, rank: int) -> dict[str, Any]:
+    """The step loop: train, evaluate, log, checkpoint."""
+    started = time.perf_counter() - wall_before
+    throughput = Throughput(device)
+    sums, count = torch.zeros(len(TERMS), device=device), 0
+    progress = Progress(cfg.steps, start_step, f"train {cfg.strategy}", cfg.progress and rank == 0)
+    metrics_path = cfg.out / "metrics.jsonl"
+    acc_h = acc_g = None
+    try:
+        for step, batch in iterate_steps(loader, start_step, cfg.steps):
+            terms = step_fn(batch)
+            sums += torch.stack([terms[k].detach().float() for k in TERMS])
+            count += 1
+            throughput.images += cfg.batch_size
+            if step % _BAR_EVERY == 0:
+                progress.update(step, terms["loss"].item(), throughput.rate())
+            if step % cfg.eval_every and step != cfg.steps:
+                continue
+            throughput.pause()
+            acc_g, acc_h = eval_fn()
+            means = (sums / count).tolist()
+            row = {"step": step, "images_seen": step * cfg.batch_size, "test_acc_h": acc_h, "test_acc_g": acc_g,
+                   **dict(zip(TERMS, means)), "img_per_s": throughput.rate(),
+                   "wall_s": time.perf_counter() - started}
+            progress.acc = f"{acc_h:.2%}"
+            progress.update(step, means[2], throughput.rate())
+            if rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    checkpoint(step, row["wall_s"])
+            sums.zero_()
+            count = 0
+            throughput.reset()
+    finally:
+        progress.close()
+    return {"status": "done", "step": cfg.steps, "test_acc_h": acc_h, "test_acc_g": acc_g,
+            "wall_s": time.perf_counter() - started}
