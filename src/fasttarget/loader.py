@@ -3,8 +3,9 @@
 One API, two backends behind it:
 
 - **resident** (:class:`ResidentLoader`): the split is decoded once into one uint8 tensor
-  ``[N,H,W,3]`` on the target device; an epoch is a permutation and one ``index_select``
-  per batch, with no worker processes (as airbench does). For data that fits
+  ``[N,H,W,3]`` on the target device; an epoch is a permutation and one row gather per
+  batch (``index_select`` on the GPU, ``np.take`` on CPU), with no worker processes (as
+  airbench does). For data that fits
   ``memory_budget_bytes`` (CIFAR, Tiny-ImageNet).
 - **ffcv** (:class:`FfcvLoader`): streams the beton with ``ffcv.loader.Loader`` (numba-compiled
   decode, ``os_cache``) and copies each uint8 batch to the device without blocking. For data
@@ -38,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Callable, Iterator
@@ -188,9 +190,9 @@ def seeded_generator(*words: int) -> torch.Generator:
 
 
 def epoch_rows(
-    pool: Tensor, *, seed: int, epoch: int, shuffle: bool, batch_size: int, drop_last: bool,
+    pool: np.ndarray, *, seed: int, epoch: int, shuffle: bool, batch_size: int, drop_last: bool,
     rank: int = 0, world_size: int = 1,
-) -> Tensor:
+) -> np.ndarray:
     """The split rows one rank visits in one epoch, in order.
 
     Every rank draws the same permutation of ``pool`` from ``(seed, epoch)`` and takes every
@@ -200,29 +202,31 @@ def epoch_rows(
     and every shard is cut to whole batches; without it the permutation wraps around so that
     ``-len(pool) % world_size`` samples appear twice, as in ``DistributedSampler``.
 
+    The plan is made on the host with numpy (a 50,000-row permutation takes a millisecond;
+    torch's CPU index kernels were 10-20x slower on a 2-core machine).
+
     Args:
         pool: int64 ``[M]`` the rows to draw from (the whole split, or a subset).
 
     Returns:
-        int64 rows on ``pool``'s device.
+        int64 rows, a new array.
 
     Example:
-        >>> pool = torch.arange(10)
+        >>> pool = np.arange(10)
         >>> shards = [epoch_rows(pool, seed=0, epoch=0, shuffle=True, batch_size=2,
         ...                      drop_last=False, rank=r, world_size=2) for r in range(2)]
-        >>> sorted(torch.cat(shards).tolist()) == list(range(10))
+        >>> sorted(np.concatenate(shards).tolist()) == list(range(10))
         True
     """
     if shuffle:
-        perm = torch.randperm(len(pool), generator=seeded_generator(_ORDER_STREAM, seed, epoch))
-        pool = pool[perm.to(pool.device)]
+        pool = np.random.default_rng(np.random.SeedSequence([_ORDER_STREAM, seed, epoch])).permutation(pool)
     if drop_last:
         per_rank = len(pool) // world_size
         shard = pool[: per_rank * world_size][rank::world_size]
-        return shard[: len(shard) // batch_size * batch_size]
+        return shard[: len(shard) // batch_size * batch_size].copy()
     per_rank = -(-len(pool) // world_size)
-    wrapped = pool.repeat(-(-per_rank * world_size // len(pool)))[: per_rank * world_size]
-    return wrapped[rank::world_size]
+    wrapped = np.tile(pool, -(-per_rank * world_size // len(pool)))[: per_rank * world_size]
+    return wrapped[rank::world_size].copy()
 
 
 def _tensors(obj: Any) -> Iterator[Tensor]:
@@ -240,11 +244,11 @@ def _tensors(obj: Any) -> Iterator[Tensor]:
             yield from _tensors(v)
 
 
-class _Loader:
+class _Loader(abc.ABC):
     """What both backends share: the epoch plan, augmentation, normalization, prefetch, resume."""
 
     def __init__(
-        self, cfg: LoaderConfig, *, pool: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+        self, cfg: LoaderConfig, *, pool: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...],
         targets: TargetFn | None,
     ) -> None:
         self.cfg = cfg
@@ -282,8 +286,9 @@ class _Loader:
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: the epoch and the number of batches already handed out.
 
-        Taken mid-pass, it counts the batches yielded so far; between passes, it points at
-        the start of the next epoch.
+        Taken mid-pass (or after leaving a pass early), it counts the batches that pass
+        yielded; after a finished pass, it points at the start of the next epoch. A new
+        ``iter()`` always starts the next epoch; only :meth:`load_state_dict` continues one.
         """
         epoch, batch = self._current if self._current is not None else (self._epoch, self._start)
         return {"epoch": epoch, "batch": batch}
@@ -297,15 +302,15 @@ class _Loader:
         # A finished epoch continues at the start of the next, not with an empty pass.
         self._epoch, self._start = divmod(state["epoch"] * len(self) + state["batch"], len(self))
 
-    def rows(self, epoch: int) -> Tensor:
+    def rows(self, epoch: int) -> np.ndarray:
         """The split rows this rank visits in ``epoch``, in batch order."""
         cfg = self.cfg
         return epoch_rows(self._pool, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle, batch_size=cfg.batch_size,
                           drop_last=cfg.drop_last, rank=self.rank, world_size=self.world_size)
 
+    @abc.abstractmethod
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
         """The batches of ``epoch`` from batch ``start`` on, before augmentation."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, start = self._epoch, self._start
@@ -376,17 +381,12 @@ class ResidentLoader(_Loader):
 
     def __init__(
         self, images: Tensor, labels: Tensor, cfg: LoaderConfig, *, mean: tuple[float, ...],
-        std: tuple[float, ...], targets: TargetFn | None = None, pool: Tensor | None = None,
+        std: tuple[float, ...], targets: TargetFn | None = None, pool: np.ndarray | None = None,
     ) -> None:
-        device = torch.device(cfg.device)
-        if pool is None:
-            pool = torch.arange(len(images))
-        super().__init__(cfg, pool=pool.to(device), mean=mean, std=std, targets=targets)
-        self._images = _place(images, device)
-        self._labels = labels.to(device)
-        # On CPU, numpy's fancy indexing copies whole uint8 rows several times faster than
-        # torch's index kernels (measured 3-15x on CIFAR-sized rows), so the gather goes through it.
-        self._host_images = self._images.numpy() if device.type == "cpu" else None
+        super().__init__(cfg, pool=np.arange(len(images)) if pool is None else pool, mean=mean, std=std,
+                         targets=targets)
+        self._images = _place(images, self.device)
+        self._labels = labels.to(self.device)
 
     @classmethod
     def from_arrays(
@@ -412,15 +412,20 @@ class ResidentLoader(_Loader):
         return cls(images, labels, cfg, mean=mean, std=std, targets=targets, pool=pool)
 
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
-        rows, b = self.rows(epoch), self.cfg.batch_size
+        b = self.cfg.batch_size
+        if self.device.type == "cpu":
+            # np.take copies whole uint8 rows 5-15x faster than torch's CPU index kernels
+            # (CIFAR-sized rows, 2 cores).
+            images, labels, rows = self._images.numpy(), self._labels.numpy(), self.rows(epoch)
+            for k in range(start, len(self)):
+                index = rows[k * b : (k + 1) * b]
+                yield RawBatch(torch.from_numpy(np.take(images, index, axis=0)),
+                               torch.from_numpy(np.take(labels, index)), torch.from_numpy(index), k)
+            return
+        rows = torch.from_numpy(self.rows(epoch)).to(self.device)
         for k in range(start, len(self)):
             index = rows[k * b : (k + 1) * b]
-            yield RawBatch(self._gather(index), self._labels.index_select(0, index), index, k)
-
-    def _gather(self, index: Tensor) -> Tensor:
-        if self._host_images is not None:
-            return torch.from_numpy(self._host_images[index.numpy()])
-        return self._images.index_select(0, index)
+            yield RawBatch(self._images.index_select(0, index), self._labels.index_select(0, index), index, k)
 
 
 class FfcvLoader(_Loader):
@@ -431,7 +436,7 @@ class FfcvLoader(_Loader):
     """
 
     def __init__(
-        self, cfg: LoaderConfig, meta: DatasetMeta, *, pool: Tensor | None = None,
+        self, cfg: LoaderConfig, meta: DatasetMeta, *, pool: np.ndarray | None = None,
         targets: TargetFn | None = None,
     ) -> None:
         from ffcv.fields.basics import IntDecoder
@@ -443,14 +448,16 @@ class FfcvLoader(_Loader):
             raise UserError(f"{cfg.data_dir} holds images of different sizes, which the loader cannot batch: "
                             "reconvert with --max-side")
         if pool is None:
-            pool = torch.arange(meta.count(cfg.split))
+            pool = np.arange(meta.count(cfg.split))
         super().__init__(cfg, pool=pool, mean=meta.mean, std=meta.std, targets=targets)
         # ffcv sizes every epoch by the plan it sees at construction; all epochs share that length.
-        self._order = _planned_order(self.rows(0).numpy())
+        self._order = _planned_order(self.rows(0))
         self._ffcv = Loader(
             str(beton_path(cfg.data_dir, cfg.split)), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
             os_cache=cfg.os_cache, order=self._order, distributed=self.world_size > 1,
-            indices=None if cfg.subset is None else pool.numpy(),
+            # unused by the planned order, but without it ffcv draws one from numpy's global RNG
+            seed=cfg.seed,
+            indices=None if cfg.subset is None else pool,
             # The plan already drops the incomplete batch; ffcv must not cut it again.
             drop_last=False,
             pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()], "label": [IntDecoder(), ToTensor()],
@@ -459,7 +466,7 @@ class FfcvLoader(_Loader):
         self._fields = list(self._ffcv.pipeline_specs)
 
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
-        self._order.plan = self.rows(epoch)[start * self.cfg.batch_size :].numpy()
+        self._order.plan = self.rows(epoch)[start * self.cfg.batch_size :]
         epoch_iterator = iter(self._ffcv)
         try:
             for k, out in enumerate(epoch_iterator, start):
@@ -494,10 +501,10 @@ def _planned_order(plan: np.ndarray) -> Any:
     return PlannedOrder()
 
 
-def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> Tensor:
+def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> np.ndarray:
     from fasttarget.subsets import select_subset
 
-    return torch.from_numpy(np.asarray(select_subset(labels, subset), np.int64))
+    return np.asarray(select_subset(labels, subset), np.int64)
 
 
 def _read_labels(directory: str | Path, split: str) -> np.ndarray:
