@@ -345,14 +345,13 @@ class BenchContext:
 
         if has_module("ffcv"):
             return DatasetMeta.load(self.data)
-        from fasttarget.convert import mean_std
+        from fasttarget.convert import channel_histogram, mean_std
         from fasttarget.sources import open_source
 
         self.notes.append(f"ffcv is not installed: data read from {self.source} into memory, ffcv paths skipped")
         source = open_source("cifar10", self.source)
         images = source.train.images
-        histogram = np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(3)])
-        mean, std = mean_std(histogram)
+        mean, std = mean_std(channel_histogram(images))
         counts = {name: np.bincount(source.split(name).labels, minlength=len(source.classes)) for name in ("train", "test")}
         return DatasetMeta(
             dataset=source.dataset, classes=source.classes, image_shape=tuple(images.shape[1:]),
