@@ -160,7 +160,8 @@ def claim_b(res: Results) -> Claim:
     best_early = max(teachers, key=lambda t: early[t].mean)
     evidence = [f"final (step {final}): " + ", ".join(f"teacher {teacher_label(t)} → {finals[t].pct()}"
                                                       for t in teachers),
-                f"early (mean over steps {window[0]}–{window[-1]}): "
+                f"early (mean over step{'s' if len(window) > 1 else ''} "
+                f"{window[0]}{f'–{window[-1]}' if len(window) > 1 else ''}): "
                 + ", ".join(f"teacher {teacher_label(t)} → {early[t].pct()}" for t in teachers)]
     notes = [f"best final: teacher {teacher_label(best_final)}; best early: teacher {teacher_label(best_early)}"]
     ok = best_final == strongest and best_early != strongest

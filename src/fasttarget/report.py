@@ -393,7 +393,7 @@ def _plot_smoothed(ax, res: Results, runs: list[RunRow], label: str, color, styl
     x, y = res.points(runs)
     if x.size == 0:
         return
-    ax.scatter(x, y * 100, s=6, color=color, alpha=0.15, linewidths=0)
+    ax.scatter(x, y * 100, s=10, color=color, alpha=0.3, linewidths=0)
     xs, ys = lowess_curve(x, y)
     ax.plot(xs, ys * 100, style, color=color, label=label, lw=1.8)
 
@@ -425,7 +425,8 @@ def fig_acc_vs_step(res: Results):
         ax.set_ylabel("Student top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{res.name}: {describe_context(ctx)} (LOWESS, raw evaluations faint)", fontsize=10)
+    fig.suptitle(f"{res.name}: {describe_context(ctx)}\nlines: LOWESS over seeds; dots: raw evaluations",
+                 fontsize=10)
     fig.tight_layout()
     return fig, ctx
 
@@ -551,6 +552,14 @@ def budget_matched(res: Results) -> dict[str, Any] | None:
             "values": {k: [res.stat(v, s) for s in steps] for k, v in bars.items()}}
 
 
+def _share(res: Results, subset: tuple[int | None, float | None]) -> str:
+    """`` (10% of the data)`` when the full split's size is known, else nothing."""
+    full = res.size(None, None)
+    if not math.isfinite(full) or subset == (None, None):
+        return ""
+    return f" ({res.size(*subset) / full:.0%} of the data)"
+
+
 def fig_budget_matched(res: Results):
     import matplotlib.pyplot as plt
 
@@ -558,10 +567,10 @@ def fig_budget_matched(res: Results):
     if data is None:
         return None, None
     steps, values = data["steps"], data["values"]
-    big, small = subset_name(*data["big"]), subset_name(*data["small"])
+    big, small = (subset_name(*sub) + _share(res, sub) for sub in (data["big"], data["small"]))
     labels = {"A": f"one-hot (A) on {big}", "B": f"soft (B) on {small}", "C": f"soft (C) on {small}"}
     colors = {"A": "crimson", "B": "tab:blue", "C": "tab:orange"}
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.8 * len(steps) + 2), 4.4))
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.8 * len(steps) + 2), 4.6))
     width = 0.8 / len(values)
     for i, (k, stats) in enumerate(values.items()):
         pos = np.arange(len(steps)) + (i - (len(values) - 1) / 2) * width
@@ -571,9 +580,11 @@ def fig_budget_matched(res: Results):
     ax.set_xticks(np.arange(len(steps)), [f"{s} steps" for s in steps])
     ax.set_xlabel("Training budget (same number of steps for every bar)")
     ax.set_ylabel("Student top-1 accuracy (%)")
-    ax.set_title(f"{res.name}: soft targets on {small} vs one-hot on {big}\n"
+    ax.set_title(f"{res.name}: soft targets on less data vs one-hot on more\n"
                  f"teacher {teacher_label(data['teacher'])}, student aug {data['context']['student_aug']}", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    top = max(s.mean + s.std for stats in values.values() for s in stats) * 100
+    ax.set_ylim(0, top * 1.3)  # headroom for the legend above the bars
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig, data["context"]

@@ -133,6 +133,8 @@ class TeacherSettings:
         arch: teacher architecture; width: its width multiplier.
         max_steps: give up on accuracies not reached by then.
         eval_every: ladder evaluation interval (small, to land within ±1 % of a target).
+        fine_window: evaluate every step once this close below the next target (0 = never;
+            on CPU each evaluation costs a pass over the test split).
         seed: seed of the teacher runs.
         random_below: grid teacher accuracies at or below this are the untrained network
             (the paper's "10 %" CIFAR-10 teacher: set 0.1 there; 0 = none).
@@ -142,6 +144,7 @@ class TeacherSettings:
     width: float = 1.0
     max_steps: int = 20000
     eval_every: int = 20
+    fine_window: float = 0.02
     seed: int = 0
     random_below: float = 0.0
 
@@ -450,7 +453,8 @@ def _real_train_ladder(req: LadderRequest) -> dict[float, TeacherCheckpoint]:
     random_init = [a for a in req.accuracies if a <= s.random_below]
     result = train_ladder(LadderConfig(
         data=req.data_dir, out=req.out_dir, accuracies=trained, aug=req.aug, arch=s.arch, width=s.width,
-        max_steps=s.max_steps, eval_every=s.eval_every, seed=s.seed, random_init=bool(random_init),
+        max_steps=s.max_steps, eval_every=s.eval_every, fine_window=s.fine_window, seed=s.seed,
+        random_init=bool(random_init),
         batch_size=req.batch_size, device=req.device, force=True,
     ))
     found = {}
