@@ -56,6 +56,34 @@ SUITES = ("convert", "loader", "augment", "targets", "step")
 DEVICES = ("cpu", "cuda")
 
 
+@dataclass(frozen=True)
+class Row:
+    """One measured line of a benchmark table (the JSON schema of ``fasttarget bench --json``).
+
+    Args:
+        name: what was measured, e.g. ``"loader resident b128"``.
+        value: median throughput of the fasttarget code, in ``unit``.
+        unit: ``img/s``, ``batches/s``, ``rows/s``...
+        baseline: what it is compared with, e.g. ``"DataLoader 2 workers"``.
+        baseline_value: median throughput of the baseline, in ``unit``.
+        ratio: ``value / baseline_value``; above 1 means fasttarget is faster.
+        repeats: timed repetitions behind each median.
+        min, max: the fasttarget throughput's range over the repetitions.
+    """
+
+    name: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float
+    ratio: float
+    repeats: int
+    min: float
+    max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class Goal:
@@ -93,35 +121,6 @@ GOALS: dict[tuple[str, str], Goal] = {
     ("step B b128", "step A b128"): Goal("B step ≤ 1.15× A (side stream)", min_ratio=1 / 1.15, cuda_only=True),
     ("student w1 b512 compile+bf16", "eager float32"): Goal("≥ 60k img/s on H200", min_value=60_000, cuda_only=True),
 }
-
-
-@dataclass(frozen=True)
-class Row:
-    """One measured line of a benchmark table (the JSON schema of ``fasttarget bench --json``).
-
-    Args:
-        name: what was measured, e.g. ``"loader resident b128"``.
-        value: median throughput of the fasttarget code, in ``unit``.
-        unit: ``img/s``, ``batches/s``, ``rows/s``...
-        baseline: what it is compared with, e.g. ``"DataLoader 2 workers"``.
-        baseline_value: median throughput of the baseline, in ``unit``.
-        ratio: ``value / baseline_value``; above 1 means fasttarget is faster.
-        repeats: timed repetitions behind each median.
-        min, max: the fasttarget throughput's range over the repetitions.
-    """
-
-    name: str
-    value: float
-    unit: str
-    baseline: str
-    baseline_value: float
-    ratio: float
-    repeats: int
-    min: float
-    max: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -311,6 +310,7 @@ class BenchContext:
 
     @cached_property
     def source(self) -> Path:
+        """The CIFAR-10 source folder: ``cfg.source`` or the bundled sample."""
         from fasttarget.demo import SAMPLE_SOURCE
 
         source = self.cfg.source or SAMPLE_SOURCE
@@ -375,7 +375,8 @@ class BenchContext:
         """The first ``size`` train images as float ``[B,3,H,W]`` in ``[0,1]`` on the device, and their labels."""
         images, labels = self.train
         if len(images) < size:
-            raise UserError(f"{self.data} has {len(images)} training images, the benchmark needs {size}")
+            raise UserError(f"the training split has {len(images)} images, the benchmark needs {size}: "
+                            "use a larger dataset")
         x = torch.from_numpy(images[:size]).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         return x.contiguous(), torch.from_numpy(labels[:size]).to(self.device)
 
@@ -395,7 +396,7 @@ class BenchContext:
     @cached_property
     def cache(self) -> Path:
         """The Strategy C logits cache of :attr:`teacher` over the train split."""
-        from fasttarget.cache import CacheBuildConfig, build_cache
+        from fasttarget.cache import build_cache
 
         self.say("building the target cache")
         return build_cache(self.cache_config(self.workdir / "targets.h5")).path
