@@ -160,11 +160,11 @@ def open_source(dataset: str, path: str | Path) -> Source:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"source folder {path} does not exist: pass --source with the folder holding the data")
-    for layout, reader in _LAYOUTS[dataset]:
-        for candidate in (path, path / layout):
-            if reader.detect(candidate):
-                return reader.read(candidate)
-    names = ", ".join(layout for layout, _ in _LAYOUTS[dataset])
+    for layout in _LAYOUTS[dataset]:
+        for candidate in (path, path / layout.folder) if layout.folder else (path,):
+            if layout.detect(candidate):
+                return layout.read(candidate)
+    names = ", ".join(layout.folder or layout.description for layout in _LAYOUTS[dataset])
     raise UserError(
         f"no {dataset} data found in {path}: expected one of the layouts {names} "
         f"(the folder itself or inside it){_download_hint(dataset)}"
@@ -231,8 +231,12 @@ def _train_batches(path: Path, pattern: str) -> list[Path]:
 
 @dataclass(frozen=True)
 class _Layout:
+    """How to recognise and read one layout; ``folder`` is its conventional folder name, if it has one."""
+
     detect: Callable[[Path], bool]
     read: Callable[[Path], Source]
+    folder: str | None = None
+    description: str = ""
 
 
 def _read_cifar10_bin(path: Path) -> Source:
@@ -356,19 +360,16 @@ def _read_imagefolder(dataset: str) -> Callable[[Path], Source]:
     return read
 
 
-_LAYOUTS: dict[str, list[tuple[str, _Layout]]] = {
+_LAYOUTS: dict[str, list[_Layout]] = {
     "cifar10": [
-        ("cifar-10-batches-bin", _Layout(lambda p: (p / "test_batch.bin").is_file(), _read_cifar10_bin)),
-        ("cifar-10-batches-py", _Layout(lambda p: (p / "test_batch").is_file(), _read_cifar10_py)),
+        _Layout(lambda p: (p / "test_batch.bin").is_file(), _read_cifar10_bin, "cifar-10-batches-bin"),
+        _Layout(lambda p: (p / "test_batch").is_file(), _read_cifar10_py, "cifar-10-batches-py"),
     ],
     "cifar100": [
-        ("cifar-100-binary", _Layout(lambda p: (p / "test.bin").is_file(), _read_cifar100_bin)),
-        ("cifar-100-python", _Layout(lambda p: (p / "test").is_file() and (p / "meta").is_file(),
-                                     _read_cifar100_py)),
+        _Layout(lambda p: (p / "test.bin").is_file(), _read_cifar100_bin, "cifar-100-binary"),
+        _Layout(lambda p: (p / "test").is_file() and (p / "meta").is_file(), _read_cifar100_py, "cifar-100-python"),
     ],
-    "tinyimagenet": [
-        ("tiny-imagenet-200", _Layout(lambda p: (p / "wnids.txt").is_file(), _read_tinyimagenet)),
-    ],
-    "imagefolder": [("train/ + val/ or test/", _Layout(_detect_imagefolder, _read_imagefolder("imagefolder")))],
-    "imagenet": [("train/ + val/", _Layout(_detect_imagefolder, _read_imagefolder("imagenet")))],
+    "tinyimagenet": [_Layout(lambda p: (p / "wnids.txt").is_file(), _read_tinyimagenet, "tiny-imagenet-200")],
+    "imagefolder": [_Layout(_detect_imagefolder, _read_imagefolder("imagefolder"), None, "train/ + val/ or test/")],
+    "imagenet": [_Layout(_detect_imagefolder, _read_imagefolder("imagenet"), None, "train/ + val/")],
 }
