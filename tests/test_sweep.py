@@ -292,3 +292,22 @@ def test_paired_runs_share_seed_and_subset(tmp_path):
             ("A", 0), ("B", 0.3), ("B", 0.5), ("C", 0.3), ("C", 0.5)]
         assert {r.spec.seed for r in reqs} == {seed} and {r.spec.ipc for r in reqs} == {ipc}
         assert len({(r.data_dir, r.batch_size, r.arch, r.width) for r in reqs}) == 1
+
+
+def test_paired_train_configs_differ_only_in_targets(tmp_path):
+    """The real TrainConfigs of paired runs agree on every field but strategy, teacher, cache, out."""
+    pytest.importorskip("fasttarget.train")
+    from fasttarget.sweep import train_config
+
+    rec = Recorder()
+    run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    groups: dict[tuple, list[dict]] = {}
+    for req in rec.runs:
+        s = req.spec
+        cfg = train_config(req).to_json()
+        assert cfg["seed"] == cfg["subset_seed"] == s.seed  # data order, augmentation and subset
+        groups.setdefault((s.student_aug, s.ipc, s.steps, s.seed), []).append(cfg)
+    for cfgs in groups.values():
+        shared = [{k: v for k, v in c.items() if k not in ("strategy", "teacher", "cache", "out")} for c in cfgs]
+        assert all(x == shared[0] for x in shared)
+        assert len({c["strategy"] for c in cfgs}) == 3
