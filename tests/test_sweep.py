@@ -311,3 +311,16 @@ def test_paired_train_configs_differ_only_in_targets(tmp_path):
         shared = [{k: v for k, v in c.items() if k not in ("strategy", "teacher", "cache", "out")} for c in cfgs]
         assert all(x == shared[0] for x in shared)
         assert len({c["strategy"] for c in cfgs}) == 3
+
+
+def test_batch_capped_at_small_subsets(tmp_path):
+    """IPC × classes below the batch size: the run trains on the whole subset per step."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.json").write_text(json.dumps({"splits": {"train": {"class_counts": [60, 70]}}}))
+    data = json.loads(json.dumps(TINY))
+    data["data"] = {"dir": str(tmp_path / "data")}
+    data["grid"][0].update(strategies=["A"], ipc=[10, 50])
+    rec = Recorder()
+    run_sweep(SweepConfig.from_dict(data), tmp_path, stages=rec.stages())
+    assert sorted({(r.spec.ipc, r.batch_size) for r in rec.runs}) == [(10, 20), (50, 100)]
+    assert ResultsIndex(tmp_path / "results.sqlite").meta("dataset_ipc") == 60

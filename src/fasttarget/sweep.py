@@ -24,6 +24,10 @@ its ``seed`` alone; strategy and teacher never enter them. Runs that differ only
 strategy or teacher therefore see an identical sample stream, so A/B/C differences are
 not sampling noise.
 
+A subset smaller than one batch (IPC 10 of CIFAR-10 is 100 images) trains with the batch
+capped at the subset's size (:func:`run_batch_size`), since ``drop_last`` would leave it
+no batch at all.
+
 **Step budgets.** The optimizer runs at a constant learning rate (AdamW, as the paper),
 so a run's evaluation at step ``s`` is what a run stopped at ``s`` would report. With
 ``budgets_from_one_run = true`` (the default) a grid's ``steps = [1950, 7800, 39000]``
@@ -669,7 +673,9 @@ def run_sweep(
             return _finish(index, out, plan, (), {})
 
         data_dir = cfg.data_dir or stages.prepare_data(cfg, out)
-        _record_dataset_size(index, data_dir)
+        class_counts = _class_counts(data_dir)
+        if class_counts:
+            index.set_meta("dataset_ipc", min(class_counts))
         failed_teachers = _train_ladders(cfg, plan, layout, data_dir, workers, stages, ladders, log)
         failed_caches = _build_caches(cfg, plan, layout, data_dir, workers, stages, ladders, todo, log)
 
@@ -681,7 +687,8 @@ def run_sweep(
                 failed[spec.run_id] = blocker
                 _sync_run(index, layout, spec, None, error=blocker)
                 continue
-            jobs.append((spec.run_id, stages.train_student, _request(cfg, layout, data_dir, spec, ladders)))
+            jobs.append((spec.run_id, stages.train_student,
+                         _request(cfg, layout, data_dir, spec, ladders, class_counts)))
             index.upsert_run(_row(spec, "running", run_dir=str(layout.run_dir(spec))))
         by_id = {s.run_id: s for s in todo}
         trained = []
@@ -707,12 +714,31 @@ def run_sweep(
         index.close()
 
 
-def _record_dataset_size(index: ResultsIndex, data_dir: Path) -> None:
-    """Store the full split's images per class, so the report can place "full" on an IPC axis."""
+def _class_counts(data_dir: Path) -> list[int] | None:
+    """Images per class of the training split, from ``meta.json`` (``None`` without one)."""
     meta = Path(data_dir) / "meta.json"
-    if meta.is_file():
-        counts = json.loads(meta.read_text())["splits"]["train"]["class_counts"]
-        index.set_meta("dataset_ipc", min(counts))
+    return json.loads(meta.read_text())["splits"]["train"]["class_counts"] if meta.is_file() else None
+
+
+def run_batch_size(batch_size: int, spec: RunSpec, class_counts: list[int] | None) -> int:
+    """The batch of a run: ``batch_size``, capped at the subset's size.
+
+    With ``drop_last`` a subset smaller than one batch (IPC 10 of CIFAR-10 is 100 images)
+    would yield no batch at all; capped, every step is one pass over the subset.
+
+    Example:
+        >>> run_batch_size(128, RunSpec("A", "stdaug", 10, 5, 0, ipc=10), [5000] * 10)
+        100
+    """
+    if class_counts is None:
+        return batch_size
+    if spec.ipc is not None:
+        size = sum(min(spec.ipc, c) for c in class_counts)
+    elif spec.fraction is not None:
+        size = sum(int(spec.fraction * c) for c in class_counts)
+    else:
+        size = sum(class_counts)
+    return max(1, min(batch_size, size))
 
 
 def _pending(index: ResultsIndex, layout: _Layout, plan: SweepPlan,
@@ -748,7 +774,7 @@ def _missing_teacher(ladders: dict[str, dict[str, Any] | None], spec: RunSpec) -
 
 
 def _request(cfg: SweepConfig, layout: _Layout, data_dir: Path, spec: RunSpec,
-             ladders: dict[str, dict[str, Any] | None]) -> RunRequest:
+             ladders: dict[str, dict[str, Any] | None], class_counts: list[int] | None) -> RunRequest:
     run_dir = layout.run_dir(spec)
     resume = (run_dir / "checkpoints" / "last.pt").is_file()
     if run_dir.exists() and not resume:
@@ -760,8 +786,8 @@ def _request(cfg: SweepConfig, layout: _Layout, data_dir: Path, spec: RunSpec,
         if spec.strategy == "C":
             cache = layout.cache_file(*spec.teacher_key)
     return RunRequest(spec=spec, run_dir=run_dir, data_dir=data_dir, arch=cfg.arch, width=cfg.width,
-                      batch_size=cfg.batch_size, temperature=cfg.temperature, device=cfg.device,
-                      compile=cfg.compile, resume=resume, teacher=teacher, cache=cache)
+                      batch_size=run_batch_size(cfg.batch_size, spec, class_counts),
+                      temperature=cfg.temperature, device=cfg.device, compile=cfg.compile, resume=resume, teacher=teacher, cache=cache)
 
 
 def _train_ladders(cfg: SweepConfig, plan: SweepPlan, layout: _Layout, data_dir: Path, workers: int,
