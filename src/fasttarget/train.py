@@ -447,9 +447,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if final_path.is_file():
             return json.loads(final_path.read_text())
 
-    meta = DatasetMeta.load(cfg.data)
     if cfg.teacher is not None and not cfg.teacher.is_file():
         raise UserError(f"teacher checkpoint {cfg.teacher} does not exist: train one with `fasttarget teacher`")
+    meta = DatasetMeta.load(cfg.data)
     device = resolve_device(cfg.device)
     cache = _ensure_cache(cfg, meta, device, cfg.progress and rank == 0) if cfg.strategy == "C" else None
     targets = build_targets(

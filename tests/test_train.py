@@ -1,0 +1,165 @@
+"""Student runs: the run directory, Strategy C's automatic cache, kill-and-resume equality, CLI errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fasttarget.errors import UserError
+from fasttarget.models import CheckpointInfo, ModelConfig, build_classifier, save_classifier
+from fasttarget.train import TrainConfig, default_cache_path, train
+
+FASTTARGET = Path(sys.executable).with_name("fasttarget")
+# Small and quick: 20 images per class, batch 32, the narrowest width that trains on CPU.
+QUICK = ["--ipc", "20", "--batch-size", "32", "--width", "0.125", "--device", "cpu", "--no-progress"]
+TIMING = ("img_per_s", "wall_s")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine OpenMP spinning makes two far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """Run ``fasttarget ARGS`` in this process; returns (exit code, stderr)."""
+    from fasttarget.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fasttarget", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code or 0, capsys.readouterr().err
+
+
+def make_teacher(path: Path, meta) -> Path:
+    torch.manual_seed(1)
+    net = build_classifier(ModelConfig(width=0.125, num_classes=meta.num_classes))
+    return save_classifier(path, net, CheckpointInfo(net.config, 0.1, meta.fingerprint, meta.mean, meta.std))
+
+
+def metrics(run: Path, drop=TIMING) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "B"], "strategy B needs a teacher"),
+    (["--strategy", "C"], "strategy C needs --cache FILE or --teacher"),
+    (["--strategy", "A", "--teacher", "t.pt"], "strategy A trains on one-hot labels"),
+    (["--strategy", "B", "--teacher", "t.pt", "--cache", "c.h5"], "reads no cache"),
+    (["--strategy", "A", "--ipc", "10", "--fraction", "0.5"], "ipc"),
+    (["--strategy", "A", "--loss", "dkd"], "unknown loss"),
+    (["--strategy", "A", "--eval-every", "10", "--checkpoint-every", "15"], "multiple of --eval-every"),
+    (["--strategy", "B", "--teacher", "missing.pt"], "does not exist"),
+    (["--strategy", "A"], "is not a converted dataset"),
+])
+def test_bad_flag_combinations_exit_2(tmp_path, monkeypatch, capsys, args, message):
+    code, err = run_cli(monkeypatch, capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", *args)
+    assert code == 2
+    assert message in err and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_cache_of_another_dataset_is_refused_with_exit_2(sample_dir, tmp_path, monkeypatch, capsys):
+    from fasttarget.cache import CacheBuildConfig, build_cache
+    from fasttarget.convert import write_split
+    from fasttarget.dataset import DatasetMeta, SplitInfo
+
+    meta = DatasetMeta.load(sample_dir)
+    other = tmp_path / "other"
+    other.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 20)):
+        labels = np.arange(n) % 10
+        write_split(other / f"{split}.beton", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), labels,
+                    progress=False, num_workers=1)
+    DatasetMeta(dataset="noise", classes=meta.classes, image_shape=(32, 32, 3),
+                splits={s: SplitInfo(f"{s}.beton", n, (n // 10,) * 10) for s, n in (("train", 40), ("test", 20))},
+                mean=meta.mean, std=meta.std, fingerprint="f" * 64).save(other)
+    teacher = make_teacher(tmp_path / "teacher.pt", meta)
+    cache = build_cache(CacheBuildConfig(data=other, teacher=teacher, out=tmp_path / "other.h5", device="cpu",
+                                         progress=False)).path
+    code, err = run_cli(monkeypatch, capsys, "train", "--data", sample_dir, "--out", tmp_path / "run",
+                        "--strategy", "C", "--cache", cache, "--steps", "2", *QUICK)
+    assert code == 2 and "dataset fingerprint" in err and "another dataset" in err
+
+
+def test_strategies_write_the_run_directory_and_c_builds_its_cache_once(sample_dir, tmp_path, one_thread):
+    from fasttarget.dataset import DatasetMeta
+
+    meta = DatasetMeta.load(sample_dir)
+    teacher = make_teacher(tmp_path / "teachers" / "t.pt", meta)
+    common = dict(data=sample_dir, aug="stdaug+mixup", steps=4, eval_every=2, ipc=20, batch_size=32, width=0.125,
+                  device="cpu", progress=False)
+    finals = {}
+    for strategy, extra in (("A", {}), ("B", {"teacher": teacher}), ("C", {"teacher": teacher})):
+        run = tmp_path / strategy
+        finals[strategy] = train(TrainConfig(out=run, strategy=strategy, **extra, **common))
+        config = json.loads((run / "config.json").read_text())
+        assert config["strategy"] == strategy and config["dataset_fingerprint"] == meta.fingerprint
+        rows = metrics(run, drop=())
+        assert [r["step"] for r in rows] == [2, 4]
+        assert set(rows[0]) == {"step", "images_seen", "test_acc_h", "test_acc_g", "loss_b", "loss_h", "loss",
+                                "img_per_s", "wall_s"}
+        assert rows[1]["images_seen"] == 128
+        assert all(0 <= r["test_acc_h"] <= 1 and r["loss"] == pytest.approx(r["loss_b"] + r["loss_h"]) for r in rows)
+        final = json.loads((run / "final.json").read_text())
+        assert final["status"] == "done" and final["step"] == 4 and final["test_acc_h"] == rows[-1]["test_acc_h"]
+        state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+        assert state["step"] == 4 and {"student", "optimizer", "rng", "loader"} <= set(state)
+
+    cache = default_cache_path(teacher, meta.fingerprint)
+    assert json.loads((tmp_path / "C" / "config.json").read_text())["cache"] == str(cache)
+    built = cache.stat().st_mtime_ns
+    train(TrainConfig(out=tmp_path / "C2", strategy="C", teacher=teacher, **common))
+    assert cache.stat().st_mtime_ns == built  # reused, not rebuilt
+
+    with pytest.raises(UserError, match="already holds a run"):
+        train(TrainConfig(out=tmp_path / "A", strategy="A", **common))
+    with pytest.raises(UserError, match="steps=4, not 8"):
+        train(TrainConfig(out=tmp_path / "A", strategy="A", resume=True, **{**common, "steps": 8}))
+    assert train(TrainConfig(out=tmp_path / "A", strategy="A", resume=True, **common)) == finals["A"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_metrics(sample_dir, tmp_path):
+    """SIGKILL a run mid-way, resume it, and compare with an uninterrupted run of the same seed."""
+    args = ["train", "--data", sample_dir, "--strategy", "A", "--aug", "stdaug+mixup", "--steps", "12",
+            "--eval-every", "3", "--checkpoint-every", "6", "--seed", "3", *QUICK]
+    # One intra-op thread in both runs: identical float reductions, and no OpenMP spinning on a busy machine.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(out: Path, *extra) -> subprocess.Popen:
+        return subprocess.Popen([FASTTARGET, *map(str, args), "--out", out, *extra], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    killed = tmp_path / "killed"
+    proc = start(killed)
+    deadline = time.monotonic() + 600
+    # Kill once the evaluation after the first checkpoint is written: the run is then past a checkpoint
+    # with later work that the resumed run must drop and redo.
+    while not (killed / "metrics.jsonl").is_file() or len(metrics(killed)) < 3:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final.json").exists()
+
+    straight = tmp_path / "straight"
+    for proc in (start(killed, "--resume"), start(straight)):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    assert len(metrics(straight)) == 4
+    assert metrics(killed) == metrics(straight)
+    final_killed, final_straight = (json.loads((run / "final.json").read_text()) for run in (killed, straight))
+    assert final_killed["test_acc_h"] == final_straight["test_acc_h"]
