@@ -165,3 +165,22 @@ def test_interrupted_conversion_leaves_no_train_beton_and_rerun_completes(cifar1
     assert meta.count("train") == 50_000
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.beton", "train.beton"]
     check_dataset(out)
+
+
+class _FailingImages:
+    """A sequence whose fifth item cannot be produced, like a file that broke after the up-front check."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i == 5:
+            raise OSError("image 5 vanished")
+        return np.zeros((8, 8, 3), np.uint8)
+
+
+def test_failing_sample_stops_the_writer_instead_of_hanging(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="beton writer failed"):
+        write_split(tmp_path / "x.beton", _FailingImages(), np.zeros(40), num_workers=2, progress=False)
+    assert time.monotonic() - start < 60

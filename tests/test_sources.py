@@ -204,6 +204,14 @@ def test_imagefolder_corrupt_file_fails_naming_it(tmp_path):
     assert not (tmp_path / "out" / "train.beton").exists()
 
 
+def test_imagefolder_with_nothing_readable_is_a_user_error(tmp_path):
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        (tmp_path / split / "cat" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match="no readable training images"):
+        _convert("imagefolder", tmp_path, tmp_path / "out", skip_bad=True)
+
+
 def test_imagefolder_skip_bad_counts_and_jpeg_for_large_images(tmp_path):
     folder = make_imagefolder(tmp_path, np.random.default_rng(5), corrupt=True)
     meta = _convert("imagenet", folder, tmp_path / "out", skip_bad=True, jpeg_quality=95)

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -34,7 +33,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -110,21 +109,6 @@ class _Samples:
         return self.images[i], int(self.labels[i]), i
 
 
-@contextlib.contextmanager
-def _writer_progress(desc: str, enabled: bool) -> Iterator[None]:
-    # DatasetWriter draws its own tqdm bar with no way to name or silence it, so its module
-    # reference is swapped for a configured one while it runs.
-    import ffcv.writer
-    from tqdm import tqdm
-
-    original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = functools.partial(tqdm, desc=desc, unit="img", disable=not enabled, mininterval=0.5)
-    try:
-        yield
-    finally:
-        ffcv.writer.tqdm = original
-
-
 def write_split(
     path: str | Path,
     images: Sequence[np.ndarray],
@@ -162,7 +146,7 @@ def write_split(
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3):
-        # ffcv's writer processes would die on a bad sample and leave the parent waiting forever.
+        # Checked here for a clear error before any writer process starts.
         raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}")
     writer = DatasetWriter(
         str(path),
@@ -179,17 +163,23 @@ def write_split(
 
 
 def _write(writer, samples: _Samples, desc: str, progress: bool) -> None:
-    with _writer_progress(desc, progress):
-        writer.from_indexed_dataset(samples)
+    import ffcv.writer
+    from tqdm import tqdm
+
+    # DatasetWriter draws its own tqdm bar with no way to name or silence it; this runs in a
+    # throwaway child process, so swapping the module's reference touches nothing else.
+    ffcv.writer.tqdm = functools.partial(tqdm, desc=desc, unit="img", disable=not progress, mininterval=0.5)
+    writer.from_indexed_dataset(samples)
 
 
 def _run_in_process_group(work: Callable[[], None]) -> None:
     """Run ``work`` in a forked child that leads its own process group, and wait for it.
 
-    DatasetWriter cannot be interrupted cleanly: on Ctrl-C its worker processes die, but its
-    work queue keeps the interpreter from exiting, so the process hangs. Run in a separate
-    group, the writer and its workers never see the terminal's Ctrl-C; this process kills
-    the whole group instead, and the group kills itself if this process dies first.
+    DatasetWriter cannot be stopped cleanly: on Ctrl-C its worker processes die but its work
+    queue keeps the interpreter from exiting, and when a worker dies on a bad sample the
+    writer waits for it forever. Run in a separate group, the writer and its workers never
+    see the terminal's Ctrl-C: this process kills the whole group instead, and the group
+    kills itself when this process dies or one of its workers fails.
     """
     import multiprocessing
 
@@ -210,14 +200,28 @@ def _run_in_process_group(work: Callable[[], None]) -> None:
 
 def _group_leader(work: Callable[[], None], parent: int) -> None:
     os.setpgrp()
-    threading.Thread(target=_kill_group_when_orphaned, args=(parent,), daemon=True).start()
+    threading.Thread(target=_watch_group, args=(parent,), daemon=True).start()
     work()
 
 
-def _kill_group_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
+def _watch_group(parent: int) -> None:
+    while os.getppid() == parent and not _failed_children():
         time.sleep(0.2)
     os.killpg(0, signal.SIGKILL)
+
+
+def _failed_children() -> bool:
+    """Whether a child of this process has exited with an error (Linux /proc; its wait status is non-zero)."""
+    for listing in Path("/proc/self/task").glob("*/children"):
+        for pid in listing.read_text().split():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except FileNotFoundError:  # reaped meanwhile
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state is field 3, exit_code field 52
+            if fields[0] == "Z" and int(fields[49]) != 0:
+                return True
+    return False
 
 
 # --- statistics and fingerprint --------------------------------------------------------
@@ -380,6 +384,8 @@ def convert(cfg: ConvertConfig) -> DatasetMeta:
     source = open_source(cfg.dataset, cfg.source)
     _prepare_out(cfg)
     scanned = {name: _scan(source.split(name), cfg, name) for name in SPLITS}
+    if not len(scanned["train"].split):
+        raise UserError(f"no readable training images in {source.path}: check the --source folder")
     shapes = set().union(*(s.shapes for s in scanned.values()))
     encoding = "raw" if max(max(s[:2]) for s in shapes) <= RAW_MAX_SIDE else "jpg"
     mean, std = mean_std(scanned["train"].histogram)
