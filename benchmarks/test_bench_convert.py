@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fasttarget.bench import Row
 from fasttarget.convert import ConvertConfig, convert, usable_cores
 from fasttarget.sources import open_source
 
@@ -44,7 +45,7 @@ def _ffcv_write(splits: dict[str, _Arrays], out: Path) -> None:
         writer.from_indexed_dataset(data)
 
 
-def test_bench_convert_vs_ffcv_writer(benchmark, cifar10_source, tmp_path):
+def test_bench_convert_vs_ffcv_writer(benchmark, bench_rows, cifar10_source, tmp_path):
     source = open_source("cifar10", cifar10_source)
     splits = {name: _Arrays(source.split(name).images, source.split(name).labels) for name in ("train", "test")}
     _ffcv_write({"warmup": _Arrays(source.test.images[:64], source.test.labels[:64])}, tmp_path / "warmup")
@@ -63,6 +64,12 @@ def test_bench_convert_vs_ffcv_writer(benchmark, cifar10_source, tmp_path):
     fasttarget_s = time.perf_counter() - start
 
     ratio = fasttarget_s / ffcv_s
+    images = sum(len(d) for d in splits.values())
+    bench_rows.append(Row(
+        name="convert cifar10", value=images / fasttarget_s, unit="img/s", baseline="FFCV DatasetWriter",
+        baseline_value=images / ffcv_s, ratio=ffcv_s / fasttarget_s, repeats=1,
+        min=images / fasttarget_s, max=images / fasttarget_s,
+    ))
     benchmark.extra_info.update(ffcv_writer_s=ffcv_s, fasttarget_convert_s=fasttarget_s, ratio=ratio)
     print(f"\nCIFAR-10 60,000 images, {usable_cores()} cores: fasttarget convert {fasttarget_s:.2f} s, "
           f"FFCV DatasetWriter {ffcv_s:.2f} s, ratio {ratio:.2f} (goal <= {GOAL_RATIO})")
