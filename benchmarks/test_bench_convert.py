@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fasttarget.bench import Row
 from fasttarget.convert import ConvertConfig, convert, usable_cores
