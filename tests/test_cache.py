@@ -58,8 +58,9 @@ def built(cifar1k_dir, tmp_path_factory):
     return sample_dir, meta, teacher, out
 
 
-def teacher_logits(sample_dir, meta, teacher, rows=slice(None)) -> np.ndarray:
-    images = torch.from_numpy(read_split(sample_dir, "train")[0][rows]).permute(0, 3, 1, 2).float().div(255)
+def teacher_logits(sample_dir, meta, teacher) -> np.ndarray:
+    """A fresh float32 pass of the teacher over every original train image, in index order."""
+    images = torch.from_numpy(read_split(sample_dir, "train")[0]).permute(0, 3, 1, 2).float().div(255)
     net, _ = load_classifier(teacher)
     with torch.no_grad():
         return net(normalize(images, meta.mean, meta.std)).numpy()

@@ -157,7 +157,7 @@ def build_cache(cfg: CacheBuildConfig) -> CacheBuildReport:
         if not done:
             # Contiguous (no chunks) and uncompressed: the whole block can be memory-mapped.
             f.create_dataset(LOGITS, shape=(len(images), meta.num_classes), dtype=cfg.dtype)
-            f.attrs.update(identity)
+            f.attrs.update({**identity, "rows_done": 0})
         logits = f[LOGITS]
         _score_rows(teacher, images, meta, logits, f, done, cfg)
         seconds = time.perf_counter() - started

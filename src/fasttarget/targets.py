@@ -116,9 +116,8 @@ class TeacherModel:
         teacher_std: Sequence[float] | None = None,
         compile: bool = False,
     ):
-        self.net = net.eval().requires_grad_(False)
-        param = next(net.parameters())
-        self.device = param.device
+        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.device = next(net.parameters()).device
         self.num_classes = _num_classes(net)
         self._cuda = self.device.type == "cuda"
         self._scale, self._shift = _renormalization(
@@ -127,7 +126,6 @@ class TeacherModel:
             data_std if teacher_std is None else teacher_std,
             self.device,
         )
-        self.net = self.net.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.net) if compile and self._cuda else self.net
 
     @torch.no_grad()
