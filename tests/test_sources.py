@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +264,24 @@ def test_download_offline_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     with pytest.raises(UserError, match=r"could not download cifar10 .*--source"):
         _convert("cifar10", tmp_path / "root", tmp_path / "out", download=True)
+
+
+def test_shipped_sample_is_what_make_sample_writes(tmp_path, cifar10_source):
+    import hashlib
+    import re
+
+    from fasttarget.demo import SAMPLE_SOURCE
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "scripts" / "make_sample.py"), "--source", str(cifar10_source),
+                    "--out", str(tmp_path / "sample")], check=True, capture_output=True)
+    readme = (SAMPLE_SOURCE.parent / "README.md").read_text()
+    sums = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M))
+    assert len(sums) == 7
+    for name, digest in sums.items():
+        shipped = (SAMPLE_SOURCE / name).read_bytes()
+        assert hashlib.sha256(shipped).hexdigest() == digest, f"{name} differs from its README checksum"
+        assert (tmp_path / "sample" / "cifar-10-batches-bin" / name).read_bytes() == shipped, f"{name} is not reproducible"
+    src = open_source("cifar10", SAMPLE_SOURCE)
+    assert np.bincount(src.train.labels).tolist() == [500] * 10
+    assert np.bincount(src.test.labels).tolist() == [100] * 10
