@@ -22,6 +22,7 @@ def one_thread():
 
 def test_ladder_saves_each_target_at_its_first_crossing():
     ladder = Ladder([0.5, 0.3, 0.7], eval_every=10, fine_window=0.05)
+    assert ladder.steps_to_next_eval(0.26) == 1
     sequence = [0.12, 0.26, 0.31, 0.28, 0.45, 0.52, 0.49, 0.74, 0.8]
     saved = {}
     for step, accuracy in enumerate(sequence):
@@ -34,7 +35,7 @@ def test_ladder_saves_each_target_at_its_first_crossing():
 def test_one_evaluation_can_clear_several_targets_and_scheduling_tightens_near_one():
     ladder = Ladder([0.3, 0.5, 0.7], eval_every=20, fine_window=0.02)
     assert ladder.steps_to_next_eval(0.2) == 20
-    assert ladder.steps_to_next_eval(0.285) == 1
+    assert ladder.steps_to_next_eval(0.285) == 2
     assert ladder.crossed(0.55) == [0.3, 0.5]
     assert ladder.pending == [0.7]
     assert ladder.steps_to_next_eval(0.55) == 20

@@ -4,8 +4,8 @@ The paper's teachers of different quality (Appendix A) come from one Strategy A 
 run with plain cross-entropy, validated as it goes, "saved the first time it reached the
 preset accuracy". :func:`train_ladder` does that on the test split:
 
-- it evaluates every ``eval_every`` steps, and every step once the last accuracy is within
-  ``fine_window`` of the next target, so a saved teacher lands close above its target
+- it evaluates every ``eval_every`` steps, and ten times as often once the last accuracy is
+  within ``fine_window`` of the next target, so a saved teacher lands close above its target
   (the measured accuracy is what is recorded, in the checkpoint and in ``ladder.json``);
 - one evaluation that clears several targets saves the same weights for each of them;
 - ``random_init`` also saves the untrained network (the paper's "10 %" teacher);
@@ -17,7 +17,7 @@ and ``ladder.json`` (config, the saved rungs, the missed targets, every evaluati
 Example:
     >>> ladder = Ladder((0.5, 0.3), eval_every=20, fine_window=0.02)
     >>> ladder.crossed(0.29), ladder.steps_to_next_eval(0.29)
-    ([], 1)
+    ([], 2)
     >>> ladder.crossed(0.55), ladder.done
     ([0.3, 0.5], True)
 """
@@ -35,6 +35,7 @@ from fasttarget.errors import UserError
 from fasttarget.losses import hard_targets, soft_cross_entropy
 from fasttarget.models import ARCHS, CheckpointInfo, ModelConfig, build_classifier, save_classifier
 from fasttarget.train import (
+    BAR_EVERY,
     Progress,
     Throughput,
     autocast,
@@ -70,7 +71,7 @@ class LadderConfig:
         arch, width: the teacher network (``width`` multiplies ResNet-18's base width 64).
         max_steps: give up on the remaining targets after this many steps.
         eval_every: steps between evaluations while far from the next target.
-        fine_window: evaluate every step once within this much of the next target.
+        fine_window: evaluate ten times as often once within this much of the next target.
         seed: seed of the initialization, data order and augmentation.
         random_init: also save the untrained network as ``teacher-random.pt``.
         batch_size, lr, weight_decay: the optimizer's (AdamW).
@@ -128,7 +129,8 @@ class Ladder:
     Args:
         targets: target accuracies.
         eval_every: steps between evaluations while far from the next target.
-        fine_window: evaluate every step once the accuracy is within this of the next target.
+        fine_window: evaluate ten times as often (at least every step) once the accuracy is
+            within this of the next target.
     """
 
     def __init__(self, targets, eval_every: int, fine_window: float):
@@ -148,7 +150,7 @@ class Ladder:
 
     def steps_to_next_eval(self, accuracy: float) -> int:
         near = self.pending and accuracy >= self.pending[0] - self.fine_window
-        return 1 if near else self.eval_every
+        return max(1, self.eval_every // 10) if near else self.eval_every
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,8 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
             loss.backward()
             optimizer.step()
             throughput.images += cfg.batch_size
+            if step % BAR_EVERY == 0:
+                progress.update(step, loss.item(), throughput.rate())
             if step < next_eval and step != cfg.max_steps:
                 continue
             throughput.pause()

@@ -55,7 +55,7 @@ RUN_FORMAT = "fasttarget-run/1"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 TERMS = ("loss_b", "loss_h", "loss")
 # Host syncs for the progress bar happen this often (a sync per step would stall CUDA).
-_BAR_EVERY = 10
+BAR_EVERY = 10
 # Fields that may differ between a run and its resumption: they change how, not what, is trained.
 _RUNTIME_FIELDS = ("resume", "progress", "device", "compile")
 
@@ -175,8 +175,9 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 def prepare_model(net: nn.Module, device: torch.device, compile: bool | None) -> tuple[nn.Module, nn.Module]:
     """Move ``net`` to ``device`` in channels_last; returns ``(net, forward)``.
 
-    ``forward`` is ``torch.compile(net)`` when ``compile`` (default: on CUDA), else ``net``
-    itself; both share parameters.
+    ``forward`` trains ``net``: wrapped in ``DistributedDataParallel`` when a process group
+    is initialized, then ``torch.compile``'d when ``compile`` (default: on CUDA). Both share
+    parameters; evaluate and save ``net``.
 
     Raises:
         UserError: on CPU, a convolution narrower than 8 channels (see below).
@@ -188,9 +189,14 @@ def prepare_model(net: nn.Module, device: torch.device, compile: bool | None) ->
         raise UserError(f"--width gives convolutions of {narrowest} channels, which crash channels_last "
                         "training on CPU: use --width 0.125 or more")
     net = net.to(device=device, memory_format=torch.channels_last)
-    if compile is None:
-        compile = device.type == "cuda"
-    return net, (torch.compile(net) if compile else net)
+    forward = net
+    if distributed_info()[1] > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile if compile is not None else device.type == "cuda":
+        forward = torch.compile(forward)
+    return net, forward
 
 
 def build_optimizer(net: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -437,7 +443,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from fasttarget.loader import build_loader
     from fasttarget.targets import TargetConfig, build_targets
 
-    rank, world = distributed_info()
+    rank, _ = distributed_info()
     out = cfg.out
     config_path, ckpt_path, final_path = out / "config.json", out / CHECKPOINT, out / "final.json"
     if config_path.is_file():
@@ -467,7 +473,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
     student, forward = prepare_model(build_student(model_cfg, cfg.loss), device, cfg.compile)
     optimizer = build_optimizer(student, cfg.lr, cfg.weight_decay)
-    compiled = forward is not student
+    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
 
     start_step, wall_before = 0, 0.0
     if cfg.resume and ckpt_path.is_file():
@@ -476,18 +482,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start_step, wall_before = state["step"], state["wall_s"]
+    kept = _read_metrics(out / "metrics.jsonl", start_step)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if not config_path.is_file():
             write_json(config_path, _resolved(cfg, meta, cache, device, compiled))
-        kept = _read_metrics(out / "metrics.jsonl", start_step)
         (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
-
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_ids = [device.index] if device.type == "cuda" else None
-        forward = DistributedDataParallel(forward, device_ids=ddp_ids)
     num_classes = meta.num_classes
 
     def step_fn(batch) -> dict[str, torch.Tensor]:
@@ -508,29 +508,31 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "rng": rng_state(), "config": cfg.to_json(),
         }, ckpt_path)
 
+    last = json.loads(kept[-1]) if kept else {}
     final = _run_steps(cfg, loader, step_fn, lambda: evaluate(student, test_loader, device),
-                       checkpoint, start_step, wall_before, device, rank)
+                       checkpoint, start_step, wall_before, device, rank, last)
     if rank == 0:
         write_json(final_path, final)
     return final
 
 
 def _run_steps(cfg: TrainConfig, loader, step_fn: Callable, eval_fn: Callable, checkpoint: Callable,
-               start_step: int, wall_before: float, device: torch.device, rank: int) -> dict[str, Any]:
-    """The step loop: train, evaluate, log, checkpoint."""
+               start_step: int, wall_before: float, device: torch.device, rank: int,
+               last: dict[str, Any]) -> dict[str, Any]:
+    """The step loop: train, evaluate, log, checkpoint; ``last`` is the latest kept evaluation."""
     started = time.perf_counter() - wall_before
     throughput = Throughput(device)
     sums, count = torch.zeros(len(TERMS), device=device), 0
     progress = Progress(cfg.steps, start_step, f"train {cfg.strategy}", cfg.progress and rank == 0)
     metrics_path = cfg.out / "metrics.jsonl"
-    acc_h = acc_g = None
+    acc_h, acc_g = last.get("test_acc_h"), last.get("test_acc_g")
     try:
         for step, batch in iterate_steps(loader, start_step, cfg.steps):
             terms = step_fn(batch)
             sums += torch.stack([terms[k].detach().float() for k in TERMS])
             count += 1
             throughput.images += cfg.batch_size
-            if step % _BAR_EVERY == 0:
+            if step % BAR_EVERY == 0:
                 progress.update(step, terms["loss"].item(), throughput.rate())
             if step % cfg.eval_every and step != cfg.steps:
                 continue

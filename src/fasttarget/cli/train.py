@@ -37,7 +37,7 @@ def teacher(
     width: float = WidthOption,
     max_steps: int = typer.Option(20_000, "--max-steps", help="Give up on the remaining targets after this many steps."),
     eval_every: int = typer.Option(20, "--eval-every", help="Steps between evaluations while far from a target."),
-    fine_window: float = typer.Option(0.02, "--fine-window", help="Evaluate every step within this of the next target."),
+    fine_window: float = typer.Option(0.02, "--fine-window", help="Evaluate 10x as often within this of the next target."),
     random_init: bool = typer.Option(False, "--random-init", help="Also save the untrained network (the ~10% teacher)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialization, data order and augmentation."),
     batch_size: int = typer.Option(128, "--batch-size"),
