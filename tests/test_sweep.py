@@ -324,3 +324,26 @@ def test_batch_capped_at_small_subsets(tmp_path):
     run_sweep(SweepConfig.from_dict(data), tmp_path, stages=rec.stages())
     assert sorted({(r.spec.ipc, r.batch_size) for r in rec.runs}) == [(10, 20), (50, 100)]
     assert ResultsIndex(tmp_path / "results.sqlite").meta("dataset_ipc") == 60
+
+
+def _cli(monkeypatch, *args: str) -> int:
+    from fasttarget.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fasttarget", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    return exit_.value.code
+
+
+def test_cli_dry_run_and_bad_config(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('name = "tiny"\n[data]\ndir = "d"\n[[grid]]\nstrategies = ["A"]\nstudent_augs = ["stdaug"]\n'
+                   'steps = [10]\neval_every = 5\nseeds = [0, 1]\n')
+    assert _cli(monkeypatch, "sweep", str(cfg), "--out", str(tmp_path / "o"), "--dry-run") == 0
+    assert "runs: 2 (2 new)" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    cfg.write_text(cfg.read_text().replace('["A"]', '["Z"]'))
+    assert _cli(monkeypatch, "sweep", str(cfg), "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "strategies must be" in err and "Traceback" not in err
+    assert _cli(monkeypatch, "report", str(tmp_path / "nothing")) == 2
+    assert "fasttarget sweep CONFIG --out" in capsys.readouterr().err
