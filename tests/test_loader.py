@@ -293,6 +293,20 @@ def test_ffcv_subset_is_honoured(sample_dir, test_split):
     assert len(loader) == 4
 
 
+def test_ffcv_quasi_random_order_is_deterministic_and_covers_the_split(sample_dir):
+    cfg = LoaderConfig(sample_dir, split="test", batch_size=100, drop_last=False, quasi_random=True, seed=2)
+    assert choose_backend(cfg, DatasetMeta.load(sample_dir)) == "ffcv"
+    loader = build_loader(cfg)
+    first = torch.cat([b.indices for b in loader])
+    loader.set_epoch(0)
+    assert torch.equal(first, torch.cat([b.indices for b in loader]))
+    second = torch.cat([b.indices for b in loader])
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(1000))
+    assert not torch.equal(first, second)
+    with pytest.raises(UserError, match="quasi_random"):
+        LoaderConfig(sample_dir, backend="resident", quasi_random=True)
+
+
 def test_build_loader_names_what_is_wrong(sample_dir, tmp_path):
     with pytest.raises(UserError, match="not a converted dataset"):
         build_loader(LoaderConfig(tmp_path))

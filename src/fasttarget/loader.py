@@ -91,6 +91,10 @@ class LoaderConfig:
         num_workers: ffcv decoding threads.
         os_cache: ffcv reads through the OS page cache (shared by processes on one machine)
             instead of its own process cache.
+        quasi_random: ffcv's page-local random order (``OrderOption.QUASI_RANDOM``), which
+            reads far less from disk when the beton does not fit in memory (pair it with
+            ``os_cache=False``). Implies the ffcv backend; one process only; still
+            deterministic per ``(seed, epoch)``, but not the order the resident backend walks.
         rank, world_size: this process's shard; both ``None`` takes them from an initialized
             ``torch.distributed`` process group, else a single process.
     """
@@ -108,6 +112,7 @@ class LoaderConfig:
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
     num_workers: int = 2
     os_cache: bool = True
+    quasi_random: bool = False
     rank: int | None = None
     world_size: int | None = None
 
@@ -124,6 +129,8 @@ class LoaderConfig:
             raise UserError("rank and world_size go together: pass both, or neither to use torch.distributed")
         if self.world_size is not None and not 0 <= self.rank < self.world_size:  # type: ignore[operator]
             raise UserError(f"rank={self.rank} is not in [0, world_size={self.world_size})")
+        if self.quasi_random and (self.backend == "resident" or not self.shuffle):
+            raise UserError("quasi_random is a shuffled ffcv order: use it with backend 'ffcv' or 'auto' and shuffle=True")
         build_augment(self.augment)  # raises UserError on an unknown name
 
     def shard(self) -> tuple[int, int]:
@@ -450,6 +457,9 @@ class FfcvLoader(_Loader):
         if pool is None:
             pool = np.arange(meta.count(cfg.split))
         super().__init__(cfg, pool=pool, mean=meta.mean, std=meta.std, targets=targets)
+        if cfg.quasi_random and self.world_size > 1:
+            raise UserError("ffcv's quasi_random order runs in one process only: drop quasi_random under torch.distributed")
+        self._quasi: Any = None
         # ffcv sizes every epoch by the plan it sees at construction; all epochs share that length.
         self._order = _planned_order(self.rows(0))
         self._ffcv = Loader(
@@ -464,6 +474,21 @@ class FfcvLoader(_Loader):
                        "index": [IntDecoder(), ToTensor()]},
         )
         self._fields = list(self._ffcv.pipeline_specs)
+        if cfg.quasi_random:
+            from ffcv.traversal_order import QuasiRandom
+
+            self._quasi = QuasiRandom(self._ffcv)
+            self._pages = self._quasi.page_to_samples_array.copy()
+
+    def rows(self, epoch: int) -> np.ndarray:
+        if self._quasi is None:
+            return super().rows(epoch)
+        # ffcv seeds the order from (seed, epoch) but shuffles its page table in place, so each
+        # epoch would depend on the ones drawn before it: start every epoch from the same table.
+        self._quasi.page_to_samples_array = self._pages.copy()
+        order = self._quasi.sample_order(epoch)
+        b = self.cfg.batch_size
+        return order[: len(order) // b * b] if self.cfg.drop_last else order
 
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
         self._order.plan = self.rows(epoch)[start * self.cfg.batch_size :]
@@ -534,6 +559,8 @@ def choose_backend(cfg: LoaderConfig, meta: DatasetMeta) -> str:
     """``cfg.backend``, with ``"auto"`` resolved: resident when the decoded split fits the budget."""
     if cfg.backend != "auto":
         return cfg.backend
+    if cfg.quasi_random:
+        return "ffcv"
     size = decoded_bytes(meta, cfg.split)
     return "resident" if size is not None and size <= cfg.memory_budget_bytes else "ffcv"
 
