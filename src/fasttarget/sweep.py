@@ -56,12 +56,16 @@ import itertools
 import json
 import os
 import shutil
-import tomllib
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from fasttarget.errors import UserError
 from fasttarget.results import (
