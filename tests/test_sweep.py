@@ -20,13 +20,11 @@ import pytest
 from fasttarget.errors import UserError
 from fasttarget.results import ResultsIndex
 from fasttarget.sweep import (
-    GridConfig,
     RunRequest,
     Stages,
     SweepConfig,
     TeacherCheckpoint,
     describe_plan,
-    expand_grid,
     plan_sweep,
     run_sweep,
 )
