@@ -141,8 +141,8 @@ class TeacherSettings:
         arch: teacher architecture; width: its width multiplier.
         max_steps: give up on accuracies not reached by then.
         eval_every: ladder evaluation interval (small, to land within ±1 % of a target).
-        fine_window: evaluate every step once this close below the next target (0 = never;
-            on CPU each evaluation costs a pass over the test split).
+        fine_window: evaluate ten times as often once this close below the next target
+            (0 = never; on CPU each evaluation costs a pass over the test split).
         seed: seed of the teacher runs.
         random_below: grid teacher accuracies at or below this are the untrained network
             (the paper's "10 %" CIFAR-10 teacher: set 0.1 there; 0 = none).
