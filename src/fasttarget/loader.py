@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from fasttarget.augment import AugmentConfig, AugRecord, build_augment
-from fasttarget.dataset import DatasetMeta, beton_path, read_split
+from fasttarget.dataset import DatasetMeta, beton_path, read_labels, read_split
 from fasttarget.errors import UserError
 
 if TYPE_CHECKING:
@@ -534,20 +534,6 @@ def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> np.ndarray:
     return np.asarray(select_subset(labels, subset), np.int64)
 
 
-def _read_labels(directory: str | Path, split: str) -> np.ndarray:
-    """The labels of a split in index order, without decoding its images.
-
-    ffcv keeps ``IntField`` values in the beton's metadata table, so this reads no image data.
-    """
-    from ffcv.reader import Reader
-
-    reader = Reader(str(beton_path(directory, split)))
-    column = {name: f"f{i}" for i, name in enumerate(reader.handlers)}
-    labels = np.empty(reader.num_samples, np.int64)
-    labels[reader.metadata[column["index"]]] = reader.metadata[column["label"]]
-    return labels
-
-
 def decoded_bytes(meta: DatasetMeta, split: str) -> int | None:
     """Bytes of the decoded uint8 split, or ``None`` when its images differ in size."""
     if meta.image_shape is None:
@@ -591,7 +577,7 @@ def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> Resident
                             "cannot hold in one tensor: use backend='ffcv' after reconverting with --max-side")
         images, labels = read_split(cfg.data_dir, cfg.split, num_workers=cfg.num_workers)
         return ResidentLoader.from_arrays(images, labels, cfg, mean=meta.mean, std=meta.std, targets=targets)
-    pool = None if cfg.subset is None else _subset_rows(_read_labels(cfg.data_dir, cfg.split), cfg.subset)
+    pool = None if cfg.subset is None else _subset_rows(read_labels(cfg.data_dir, cfg.split), cfg.subset)
     return FfcvLoader(cfg, meta, pool=pool, targets=targets)
 
 
