@@ -183,7 +183,10 @@ def _score_rows(
     mean = torch.tensor(meta.mean, device=teacher.device).view(1, 3, 1, 1)
     std = torch.tensor(meta.std, device=teacher.device).view(1, 3, 1, 1)
     n = len(images)
-    with tqdm(total=n, initial=start, unit="img", desc="cache build", disable=not cfg.progress) as bar:
+    # inference_mode: nothing built here ever joins an autograd graph (B's live targets do, so the
+    # teacher itself only uses no_grad).
+    with torch.inference_mode(), tqdm(total=n, initial=start, unit="img", desc="cache build",
+                                      disable=not cfg.progress) as bar:
         for lo in range(start, n, cfg.batch_size):
             hi = min(n, lo + cfg.batch_size)
             x = torch.from_numpy(images[lo:hi]).to(teacher.device).permute(0, 3, 1, 2).float().div_(255)
