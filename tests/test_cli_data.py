@@ -89,11 +89,11 @@ def test_inspect_fails_on_a_damaged_dataset(sample_dir, tmp_path, monkeypatch, c
 
 def test_convert_then_demo_reuses_converted_sample(tmp_path, monkeypatch, capsys):
     out = tmp_path / "demo"
-    code, stdout, _ = run_cli(["demo", "--out", out, "--no-progress"], monkeypatch, capsys)
+    code, stdout, _ = run_cli(["demo", "--out", out, "--no-progress", "--until", "inspect"], monkeypatch, capsys)
     assert code == 0
     assert "train       5000 samples" in stdout and f"inspect: {out / 'data'} OK" in stdout
     first = (out / "data" / "train.beton").stat().st_mtime_ns
-    code, stdout, _ = run_cli(["demo", "--out", out, "--no-progress"], monkeypatch, capsys)
+    code, stdout, _ = run_cli(["demo", "--out", out, "--no-progress", "--until", "inspect"], monkeypatch, capsys)
     assert code == 0 and "reusing it" in stdout
     assert (out / "data" / "train.beton").stat().st_mtime_ns == first
     code, _, err = run_cli(["demo", "--out", out, "--source", tmp_path / "nope"], monkeypatch, capsys)

@@ -73,8 +73,13 @@ def demo(
         None, "--source", help="CIFAR-10 folder to use instead of the bundled sample (e.g. the full data)."),
     force: bool = typer.Option(False, "--force", help="Redo steps whose output already exists."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    until: Optional[str] = typer.Option(
+        None, "--until", help="Stop after this step: convert, inspect, teacher, cache, train or table."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
-    """Run the end-to-end demo offline on the bundled CIFAR-10 sample (or --source)."""
+    """Run the end-to-end demo offline on the bundled CIFAR-10 sample (or --source):
+    convert -> inspect -> teacher ladder -> cache -> students A, B, C -> table."""
     from fasttarget.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=out, source=source, force=force, progress=progress), echo=typer.echo)
+    run_demo(DemoConfig(out=out, source=source, force=force, progress=progress, until=until, device=device),
+             echo=typer.echo)

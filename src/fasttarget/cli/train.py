@@ -69,10 +69,10 @@ def teacher(
         subset_seed=subset_seed, device=device, compile=compile, force=force, progress=progress,
     ))
     for rung in result.rungs:
-        target = "random" if rung.target is None else f"{rung.target:.0%}"
+        target = "random" if rung.target is None else f"{rung.target * 100:g}%"
         typer.echo(f"target {target:>6}: {rung.path}  measured {rung.accuracy:.2%} at step {rung.step}")
     if result.missed:
-        missed = ", ".join(f"{t:.0%}" for t in result.missed)
+        missed = ", ".join(f"{t * 100:g}%" for t in result.missed)
         typer.echo(f"missed {missed} within {result.steps} steps (best {result.best_accuracy:.2%}): "
                    "raise --max-steps or --width")
 
@@ -115,18 +115,26 @@ def train(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, compile=compile,
         resume=resume, progress=progress,
     )
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
         _join_torchrun(device)
-        init_distributed(device)
-    final = run_train(cfg)
-    if distributed_info()[0] == 0:
+    try:
+        final = run_train(cfg)
+        rank = distributed_info()[0]
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
         typer.echo(f"{out}: step {final['step']}  test top-1 h {final['test_acc_h']:.2%}  "
                    f"g {final['test_acc_g']:.2%}  ({final['wall_s']:.0f} s)")
 
 
 def _join_torchrun(device: str | None) -> None:
-    """Pin this process to its GPU (``LOCAL_RANK``) before the process group starts."""
+    """Join the process group ``torchrun`` describes, each process on its own GPU (``LOCAL_RANK``)."""
     import torch
 
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    init_distributed(device)
