@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import itertools
 import os
@@ -477,14 +478,20 @@ def convert_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
     splits = {name: (source.split(name).images, source.split(name).labels) for name in ("train", "test")}
 
     def ffcv_writer() -> None:
+        import ffcv.writer
         from ffcv.fields import IntField, RGBImageField
-        from ffcv.writer import DatasetWriter
+        from tqdm import tqdm
 
         (out / "ffcv").mkdir(parents=True, exist_ok=True)
-        for name, (images, labels) in splits.items():
-            fields = {"image": RGBImageField(write_mode="raw"), "label": IntField(), "index": IntField()}
-            writer = DatasetWriter(str(out / "ffcv" / f"{name}.beton"), fields, num_workers=usable_cores())
-            writer.from_indexed_dataset(_IndexedArrays(images, labels))
+        # DatasetWriter draws a tqdm bar it offers no switch for; silence it for the table's sake.
+        shown, ffcv.writer.tqdm = ffcv.writer.tqdm, functools.partial(tqdm, disable=True)
+        try:
+            for name, (images, labels) in splits.items():
+                fields = {"image": RGBImageField(write_mode="raw"), "label": IntField(), "index": IntField()}
+                writer = ffcv.writer.DatasetWriter(str(out / "ffcv" / f"{name}.beton"), fields, num_workers=usable_cores())
+                writer.from_indexed_dataset(_IndexedArrays(images, labels))
+        finally:
+            ffcv.writer.tqdm = shown
 
     yield Comparison("convert cifar10 → beton", "img/s", total, lambda: convert(ours),
                      "ffcv DatasetWriter on arrays", ffcv_writer)
