@@ -71,8 +71,7 @@ p = json.load(open(sys.argv[1])); print(format_table([Row(**r) for r in p["rows"
 if [[ $DRY -eq 1 ]]; then
   say "dry run: collecting the gpu tests, then the CPU benchmark command at toy size"
   "$PY" -m pytest -m gpu --collect-only -q --continue-on-collection-errors tests benchmarks 2>&1 | tail -n 3
-  "$PY" -c "import sys; from fasttarget.cli import main; sys.argv[0] = 'fasttarget'; main()" \
-    bench loader step --device cpu --repeats 1 --warmup 0 --batches 1 --json "$RESULTS/gpu-bench.json" \
+  "$PY" -m fasttarget.cli bench loader step --device cpu --repeats 1 --warmup 0 --batches 1 --json "$RESULTS/gpu-bench.json" \
     >"$RESULTS/dry-run.log" 2>&1 || { cat "$RESULTS/dry-run.log"; say "dry run failed"; exit 1; }
   "$PY" -c "$TABLE" "$RESULTS/gpu-bench.json"
   say "dry run done: the setup works (the numbers above are CPU numbers, not a GPU result)"

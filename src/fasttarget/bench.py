@@ -134,9 +134,7 @@ class Comparison:
         work: units of work one call of ``run`` does (images, batches, rows).
         run: the fasttarget code; its return value is ignored.
         baseline: the Row's baseline name.
-        baseline_run: the code a user would write instead.
-        baseline_work: units of work per ``baseline_run`` call (default: ``work``), for
-            slow baselines timed on less data.
+        baseline_run: the code a user would write instead, doing the same work per call.
     """
 
     name: str
@@ -145,7 +143,6 @@ class Comparison:
     run: Callable[[], object]
     baseline: str
     baseline_run: Callable[[], object]
-    baseline_work: float | None = None
 
 
 def elapsed(fn: Callable[[], object], device: str | torch.device = "cpu") -> float:
@@ -175,10 +172,9 @@ def measure(comp: Comparison, repeats: int = 5, warmup: int = 1, device: str | t
         comp.run()
         comp.baseline_run()
     ours, theirs = [], []
-    base_work = comp.work if comp.baseline_work is None else comp.baseline_work
     for _ in range(repeats):
         ours.append(comp.work / elapsed(comp.run, device))
-        theirs.append(base_work / elapsed(comp.baseline_run, device))
+        theirs.append(comp.work / elapsed(comp.baseline_run, device))
     value, base = statistics.median(ours), statistics.median(theirs)
     return Row(
         name=comp.name, value=value, unit=comp.unit, baseline=comp.baseline, baseline_value=base,
