@@ -213,6 +213,8 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
     net, forward = prepare_model(build_classifier(model_cfg), device, cfg.compile)
     optimizer = build_optimizer(net, cfg.lr, cfg.weight_decay)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    # Until the new manifest is written, no old one may vouch for teacher files being replaced.
+    ladder_path.unlink(missing_ok=True)
 
     rungs: list[Rung] = []
     evaluations: list[tuple[int, float]] = []

@@ -105,7 +105,7 @@ def train(
     progress: bool = ProgressOption,
 ) -> None:
     """Train a student on Strategy A, B or C targets and write its run directory."""
-    from fasttarget.train import TrainConfig, distributed_info, init_distributed
+    from fasttarget.train import TrainConfig, distributed_info
     from fasttarget.train import train as run_train
 
     cfg = TrainConfig(
@@ -134,6 +134,8 @@ def train(
 def _join_torchrun(device: str | None) -> None:
     """Join the process group ``torchrun`` describes, each process on its own GPU (``LOCAL_RANK``)."""
     import torch
+
+    from fasttarget.train import init_distributed
 
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
