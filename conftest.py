@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: real data locations, converted datasets, RNG isolation."""
+"""Fixtures shared by every test: real data locations, converted datasets, RNG isolation, one thread."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cifar10-sample")
     convert(ConvertConfig("cifar10", SAMPLE_SOURCE, out, force=True, progress=False))
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine OpenMP spinning makes two far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
-from fasttarget.bench import BenchConfig, BenchContext, Row, StudentStep, format_table, machine_info
+from fasttarget.bench import BenchConfig, BenchContext, Row, StudentStep, format_table, machine_info, run_suite
 
 _ROWS_KEY = pytest.StashKey[list]()
 
@@ -65,6 +66,36 @@ def narrow_student(bench_ctx: BenchContext) -> StudentStep:
 def bench_rows(request: pytest.FixtureRequest) -> list[Row]:
     """Rows measured in this session; printed as one table at the end."""
     return request.config.stash[_ROWS_KEY]
+
+
+@pytest.fixture
+def compare_on_cpu(tmp_path: Path, bench_rows: list[Row]) -> Callable[..., list[Row]]:
+    """Measure one ``fasttarget bench`` suite on CPU the way the augment and loader benchmarks do.
+
+    Returns a function ``(suite, data_dir, repeats, title)`` that measures the suite's
+    comparisons (one warm-up each), prints them as img/s lines under ``title(context)``
+    (``-s`` shows them), checks every throughput is positive, adds the rows to the session
+    table and returns them.
+    """
+
+    def compare(suite: str, data_dir: Path, repeats: int, title: Callable[[BenchContext], str]) -> list[Row]:
+        cfg = BenchConfig(suites=(suite,), data=data_dir, device="cpu", repeats=repeats, warmup=1)
+        ctx = BenchContext(cfg, tmp_path)
+        rows = run_suite(suite, ctx)
+        print(f"\n{title(ctx)}, median of {repeats}")
+        for row in rows:
+            print(f"  {row.name:20s} {_img_per_s(row, row.value):12,.0f} img/s   {row.baseline:26s} "
+                  f"{_img_per_s(row, row.baseline_value):12,.0f} img/s   ratio {row.ratio:7.1f}x")
+        assert all(r.value > 0 and r.baseline_value > 0 for r in rows)
+        bench_rows.extend(rows)
+        return rows
+
+    return compare
+
+
+def _img_per_s(row: Row, value: float) -> float:
+    """A throughput of ``row`` in img/s: ``batches/s`` rows end their name with the batch size (``b128``)."""
+    return value * int(row.name.rsplit("b", 1)[1]) if row.unit == "batches/s" else value
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

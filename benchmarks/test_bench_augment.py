@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from fasttarget.augment import AUGMENT_NAMES, build_augment
-from fasttarget.bench import AUGMENT_BATCH, BenchConfig, BenchContext, Row, augment_comparisons
+from fasttarget.bench import AUGMENT_BATCH
 
 GOAL = 2.0
 
@@ -38,31 +38,22 @@ def test_augment_throughput(benchmark, name):
     assert torch.equal(aug.apply(images, record), out)
 
 
-def compare(data_dir, workdir, repeats: int) -> list[Row]:
-    ctx = BenchContext(BenchConfig(suites=("augment",), data=data_dir, device="cpu", repeats=repeats, warmup=1), workdir)
-    rows = [ctx.measure(c) for c in augment_comparisons(ctx)]
-    print(f"\naugment, CPU, batch {AUGMENT_BATCH}, 32x32, {torch.get_num_threads()} torch threads, median of {repeats}")
-    for row in rows:
-        print(f"  {row.name:20s} {row.value:10,.0f} img/s   {row.baseline:26s} {row.baseline_value:9,.0f} img/s"
-              f"   ratio {row.ratio:6.1f}x")
-    return rows
+def _title(ctx) -> str:
+    return f"augment, CPU, batch {AUGMENT_BATCH}, 32x32, {torch.get_num_threads()} torch threads"
 
 
-def test_augment_against_kornia_and_torchvision(sample_dir, tmp_path, bench_rows):
-    rows = compare(sample_dir, tmp_path, repeats=1)
+def test_augment_against_kornia_and_torchvision(sample_dir, compare_on_cpu):
+    rows = compare_on_cpu("augment", sample_dir, 1, _title)
     named = [n for n in AUGMENT_NAMES if n != "noaug"]
     assert {(r.name, r.baseline) for r in rows} == {
         (f"augment {n} b{AUGMENT_BATCH}", baseline) for n in named
         for baseline in ("kornia chain", "torchvision v2 per sample")
         if baseline == "kornia chain" or not build_augment(n).mixes}
-    assert all(r.value > 0 and r.baseline_value > 0 for r in rows)
-    bench_rows.extend(rows)
 
 
 @pytest.mark.slow
-def test_stdaug_at_least_twice_the_kornia_chain(sample_dir, tmp_path, bench_rows):
+def test_stdaug_at_least_twice_the_kornia_chain(sample_dir, compare_on_cpu):
     """The issue's goal; slow-marked because single runs on a shared machine are noisy."""
-    rows = compare(sample_dir, tmp_path, repeats=7)
-    bench_rows.extend(rows)
+    rows = compare_on_cpu("augment", sample_dir, 7, _title)
     row = next(r for r in rows if r.name == f"augment stdaug b{AUGMENT_BATCH}" and r.baseline == "kornia chain")
     assert row.ratio >= GOAL, row

@@ -22,7 +22,6 @@ import itertools
 
 import pytest
 
-from fasttarget.bench import BenchConfig, BenchContext, Row, loader_comparisons
 from fasttarget.dataset import DatasetMeta, read_split
 from fasttarget.loader import LoaderConfig, ResidentLoader, build_loader
 
@@ -62,31 +61,21 @@ def test_uint8_batches(benchmark, loaders, backend, batch_size):
     assert not any(b.images.data_ptr() == batches[0].images.data_ptr() for b in batches[1:])
 
 
-def compare(data_dir, workdir, repeats: int) -> list[Row]:
-    ctx = BenchContext(BenchConfig(suites=("loader",), data=data_dir, device="cpu", repeats=repeats, warmup=1), workdir)
-    rows = [ctx.measure(c) for c in loader_comparisons(ctx)]
-    print(f"\nloader uint8 batches, CPU, {len(ctx.train[1]):,} CIFAR-10 train images, median of {repeats}")
-    for row in rows:
-        batch = int(row.name.rsplit("b", 1)[1])
-        print(f"  {row.name:20s} {row.value * batch:12,.0f} img/s   {row.baseline:20s} "
-              f"{row.baseline_value * batch:12,.0f} img/s   ratio {row.ratio:7.1f}x")
-    return rows
+def _title(ctx) -> str:
+    return f"loader uint8 batches, CPU, {len(ctx.train[1]):,} CIFAR-10 train images"
 
 
-def test_loaders_against_dataloader_and_indexing_on_the_sample(sample_dir, tmp_path, bench_rows):
-    rows = compare(sample_dir, tmp_path, repeats=1)
+def test_loaders_against_dataloader_and_indexing_on_the_sample(sample_dir, compare_on_cpu):
+    rows = compare_on_cpu("loader", sample_dir, 1, _title)
     assert {(r.name, r.baseline) for r in rows} == {
         (f"loader {backend} b{b}", baseline) for backend in ("resident", "ffcv") for b in BATCH_SIZES
         for baseline in ("DataLoader 2 workers", "tensor indexing")}
-    assert all(r.value > 0 and r.baseline_value > 0 for r in rows)
-    bench_rows.extend(rows)
 
 
 @pytest.mark.slow
-def test_resident_at_least_ten_times_the_dataloader(cifar10_dir, tmp_path, bench_rows):
+def test_resident_at_least_ten_times_the_dataloader(cifar10_dir, compare_on_cpu):
     """The issue's goal on the full CIFAR-10; slow-marked: it walks 50,000 images many times."""
-    rows = compare(cifar10_dir, tmp_path, repeats=5)
-    bench_rows.extend(rows)
+    rows = compare_on_cpu("loader", cifar10_dir, 5, _title)
     for row in rows:
         if row.name.startswith("loader resident") and row.baseline == "DataLoader 2 workers":
             assert row.ratio >= GOAL, row

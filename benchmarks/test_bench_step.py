@@ -53,7 +53,8 @@ def test_step_ratios(bench_ctx, comparisons, bench_rows):
     bench_rows.extend(rows)
     assert {r.name for r in rows} == {f"step {s} b{STEP_BATCH}" for s in STRATEGIES}
     for row in rows:
-        assert row.ratio == pytest.approx(row.value / row.baseline_value)
+        # The ratio is a median of back-to-back pairs, so it lies within the sides' spread.
+        assert row.min / row.baseline_value / 2 < row.ratio < row.max / row.baseline_value * 2
         assert 0 < row.min <= row.value <= row.max
     # A loaded shared machine moves single numbers by more than these goals' margins: report, do not fail.
     for row in rows:

@@ -72,6 +72,26 @@ def test_ratio_is_oriented_so_higher_is_better_for_fasttarget():
     assert faster.value <= 1 / 0.002 and faster.baseline_value <= 1 / 0.05
 
 
+def test_ratio_is_the_median_of_back_to_back_pairs_in_alternating_order(monkeypatch):
+    import fasttarget.bench as bench
+
+    calls = []
+    # Seconds per call, in call order: pair 0 ours-then-theirs, pair 1 theirs-then-ours, pair 2 ours first.
+    seconds = iter([1.0, 2.0, 4.0, 2.0, 10.0, 1.0])
+
+    def fake_elapsed(fn, device="cpu"):
+        calls.append(fn())
+        return next(seconds)
+
+    monkeypatch.setattr(bench, "elapsed", fake_elapsed)
+    row = measure(Comparison("ours", "call/s", 1, lambda: "ours", "theirs", lambda: "theirs"), repeats=3, warmup=0)
+    assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
+    # Rates: ours 1, 0.5, 0.1; theirs 0.5, 0.25, 1. Pairs 2, 2, 0.1 -> median 2, while the
+    # ratio of the medians (0.5 / 0.5) would hide the consistent 2x of the first two pairs.
+    assert row.value == 0.5 and row.baseline_value == 0.5
+    assert row.ratio == 2.0 and row.min == 0.1 and row.max == 1.0
+
+
 def test_table_marks_goals_met_and_missed():
     def row(ratio):
         return Row("augment stdaug b256", 100 * ratio, "img/s", "kornia chain", 100, ratio, 1, 100 * ratio, 100 * ratio)

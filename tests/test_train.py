@@ -22,15 +22,6 @@ QUICK = ["--ipc", "20", "--batch-size", "32", "--width", "0.125", "--device", "c
 TIMING = ("img_per_s", "wall_s")
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine OpenMP spinning makes two far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     """Run ``fasttarget ARGS`` in this process; returns (exit code, stderr)."""
     from fasttarget.cli import main

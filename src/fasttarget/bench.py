@@ -67,7 +67,10 @@ class Row:
         unit: ``img/s``, ``batches/s``, ``rows/s``...
         baseline: what it is compared with, e.g. ``"DataLoader 2 workers"``.
         baseline_value: median throughput of the baseline, in ``unit``.
-        ratio: ``value / baseline_value``; above 1 means fasttarget is faster.
+        ratio: how many times faster fasttarget is: the median over repetitions of
+            ``ours / theirs`` measured back to back (above 1 means fasttarget is faster).
+            On a quiet machine it is close to ``value / baseline_value``; on a machine whose
+            speed drifts it is the steadier number, because each pair shares the same moment.
         repeats: timed repetitions behind each median.
         min, max: the fasttarget throughput's range over the repetitions.
     """
@@ -161,10 +164,18 @@ def elapsed(fn: Callable[[], object], device: str | torch.device = "cpu") -> flo
 
 
 def measure(comp: Comparison, repeats: int = 5, warmup: int = 1, device: str | torch.device = "cpu") -> Row:
-    """Time ``comp.run`` and ``comp.baseline_run`` alternately and summarize them as a :class:`Row`.
+    """Time ``comp.run`` and ``comp.baseline_run`` in pairs and summarize them as a :class:`Row`.
 
-    Alternating the two spreads any drift of a shared machine over both sides equally.
-    Warm-up calls (JIT, compile, caches) are not timed.
+    Each repetition times both sides back to back, in alternating order (ours first, then
+    theirs first), so drift of a shared machine and any first-or-second position effect fall
+    on both sides equally; the ratio is the median of the per-pair ratios. Warm-up calls (JIT,
+    compile, caches) are not timed.
+
+    Example:
+        >>> import time
+        >>> comp = Comparison("fast", "call/s", 1, lambda: None, "slow", lambda: time.sleep(0.001))
+        >>> measure(comp, repeats=3, warmup=0).ratio > 1
+        True
     """
     if repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {repeats}")
@@ -172,13 +183,17 @@ def measure(comp: Comparison, repeats: int = 5, warmup: int = 1, device: str | t
         comp.run()
         comp.baseline_run()
     ours, theirs = [], []
-    for _ in range(repeats):
-        ours.append(comp.work / elapsed(comp.run, device))
-        theirs.append(comp.work / elapsed(comp.baseline_run, device))
+    for i in range(repeats):
+        if i % 2 == 0:
+            ours.append(comp.work / elapsed(comp.run, device))
+            theirs.append(comp.work / elapsed(comp.baseline_run, device))
+        else:
+            theirs.append(comp.work / elapsed(comp.baseline_run, device))
+            ours.append(comp.work / elapsed(comp.run, device))
     value, base = statistics.median(ours), statistics.median(theirs)
     return Row(
         name=comp.name, value=value, unit=comp.unit, baseline=comp.baseline, baseline_value=base,
-        ratio=value / base, repeats=repeats, min=min(ours), max=max(ours),
+        ratio=statistics.median(o / t for o, t in zip(ours, theirs)), repeats=repeats, min=min(ours), max=max(ours),
     )
 
 
@@ -797,9 +812,13 @@ def step_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
         student = StudentStep(ctx.cfg.width, ctx.meta.num_classes, ctx.device)
         stream = _forever(loader)
         staged = [next(stream) for _ in range(n)]
+        if strategy == "C":
+            staged_c = staged
         full[strategy] = _steps(student, stream, n)
         yield Comparison(f"step {strategy} b{STEP_BATCH}", "img/s", n * STEP_BATCH, full[strategy],
                          STAGED, _steps(student, itertools.cycle(staged), n))
+    if "C" in full:
+        ctx.notes.append(_target_cost_note(ctx, staged_c))
     for strategy in ("C", "B"):
         if strategy in full:
             yield Comparison(f"step {strategy} b{STEP_BATCH}", "img/s", n * STEP_BATCH, full[strategy],
@@ -813,6 +832,25 @@ def step_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
         yield Comparison(f"student w1 b{STUDENT_BATCH} compile+bf16", "img/s", n * STUDENT_BATCH,
                          _steps(fast, itertools.cycle(staged), n), "eager float32",
                          _steps(eager, itertools.cycle(staged), n))
+
+
+def _target_cost_note(ctx: BenchContext, batches: list[Any], calls: int = 200) -> str:
+    """A note with what C's targets cost per batch over A's one-hot, timed on the providers alone.
+
+    The full-step rows carry the whole machine's noise; this isolates the one thing C adds to
+    a step (gather cached logits, softmax, mix), so its share of a step can be read directly.
+    """
+    providers = {s: ctx.targets(s) for s in ("A", "C")}
+    cost = {}
+    for strategy, provider in providers.items():
+        for batch in batches:  # warm-up: page cache of the memory map, allocator
+            provider(batch)
+        cost[strategy] = min(
+            elapsed(lambda: [provider(batches[i % len(batches)]) for i in range(calls)], ctx.device) / calls
+            for _ in range(3)
+        )
+    return (f"targets alone, batch {STEP_BATCH}: C {cost['C'] * 1e6:.0f} µs/batch, A (one-hot) "
+            f"{cost['A'] * 1e6:.0f} µs/batch: C adds {(cost['C'] - cost['A']) * 1e6:.0f} µs to each step")
 
 
 def _forever(loader: Any) -> Iterator[Any]:

@@ -31,7 +31,7 @@ import csv
 import json
 import math
 import sqlite3
-from dataclasses import asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -44,15 +44,15 @@ STATUSES = ("planned", "running", "done", "failed")
 
 
 @dataclass(frozen=True)
-class RunRow:
-    """One run of the index: its axes, status and final accuracy.
+class RunAxes:
+    """The axes of one student run: what it trains, never how it went.
 
-    ``teacher_acc`` is the ladder's preset accuracy (``None`` for Strategy A);
-    ``teacher_acc_measured`` the accuracy the saved teacher really had. ``ipc`` and
+    The single definition behind :class:`fasttarget.sweep.RunSpec` (a planned run) and
+    :class:`RunRow` (its row in the index), so the plan and the index cannot drift apart.
+    ``teacher_acc`` and ``teacher_aug`` are ``None`` for Strategy A; ``ipc`` and
     ``fraction`` are ``None`` on the full training split.
     """
 
-    run_id: str
     strategy: str
     student_aug: str
     steps: int
@@ -62,6 +62,19 @@ class RunRow:
     teacher_aug: str | None = None
     ipc: int | None = None
     fraction: float | None = None
+
+
+# kw_only: ``run_id`` has no default but follows the inherited axes, which have some.
+@dataclass(frozen=True, kw_only=True)
+class RunRow(RunAxes):
+    """One run of the index: its axes, status and final accuracy.
+
+    ``teacher_acc`` is the ladder's preset accuracy (``None`` for Strategy A);
+    ``teacher_acc_measured`` the accuracy the saved teacher really had. ``ipc`` and
+    ``fraction`` are ``None`` on the full training split.
+    """
+
+    run_id: str
     status: str = "planned"
     error: str | None = None
     final_step: int | None = None
@@ -110,8 +123,17 @@ def subset_label(ipc: int | None, fraction: float | None) -> str:
     return "full"
 
 
+def _fields(cls: type) -> list[Field]:
+    """The fields of a row class in column order: ``run_id`` first, the rest as declared.
+
+    :class:`RunRow` inherits its axes, so they come before its own ``run_id`` among its
+    fields; the tables and the CSV keep the id as their first column all the same.
+    """
+    return sorted(fields(cls), key=lambda f: f.name != "run_id")
+
+
 def _columns(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]
+    return [f.name for f in _fields(cls)]
 
 
 def _sql_type(annotation: str) -> str:
@@ -122,7 +144,7 @@ def _sql_type(annotation: str) -> str:
 
 
 def _create_sql(table: str, cls: type, key: str) -> str:
-    cols = ", ".join(f"{f.name} {_sql_type(str(f.type))}" for f in fields(cls))
+    cols = ", ".join(f"{f.name} {_sql_type(str(f.type))}" for f in _fields(cls))
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols}, PRIMARY KEY ({key}))"
 
 

@@ -72,6 +72,7 @@ from fasttarget.results import (
     CSV_FILE,
     INDEX_FILE,
     ResultsIndex,
+    RunAxes,
     RunRow,
     eval_rows,
     final_accuracies,
@@ -140,9 +141,10 @@ class TeacherSettings:
     Args:
         arch: teacher architecture; width: its width multiplier.
         max_steps: give up on accuracies not reached by then.
-        eval_every: ladder evaluation interval (small, to land within ±1 % of a target).
-        fine_window: evaluate ten times as often once this close below the next target
-            (0 = never; on CPU each evaluation costs a pass over the test split).
+        eval_every: the most steps between two ladder evaluations (the learning curve's
+            slope schedules them sooner near a target; on CPU each evaluation costs a pass
+            over the test split).
+        tolerance: how far above its target a saved teacher may land.
         seed: seed of the teacher runs.
         random_below: grid teacher accuracies at or below this are the untrained network
             (the paper's "10 %" CIFAR-10 teacher: set 0.1 there; 0 = none).
@@ -151,8 +153,8 @@ class TeacherSettings:
     arch: str = "resnet18"
     width: float = 1.0
     max_steps: int = 20000
-    eval_every: int = 20
-    fine_window: float = 0.02
+    eval_every: int = 100
+    tolerance: float = 0.01
     seed: int = 0
     random_below: float = 0.0
 
@@ -273,22 +275,12 @@ def _no_unknown(where: str, table: dict[str, Any], known: set[str]) -> None:
 
 
 @dataclass(frozen=True)
-class RunSpec:
-    """The axes of one student run (its identity).
+class RunSpec(RunAxes):
+    """The axes of one student run (its identity), with the fields of :class:`RunAxes`.
 
     ``seed`` fixes data order, subset selection and augmentation parameters; nothing
     else does, which is what makes runs paired across strategies and teachers.
     """
-
-    strategy: str
-    student_aug: str
-    steps: int
-    eval_every: int
-    seed: int
-    teacher_acc: float | None = None
-    teacher_aug: str | None = None
-    ipc: int | None = None
-    fraction: float | None = None
 
     @property
     def teacher_key(self) -> tuple[str, float] | None:
@@ -461,7 +453,7 @@ def _real_train_ladder(req: LadderRequest) -> dict[float, TeacherCheckpoint]:
     random_init = [a for a in req.accuracies if a <= s.random_below]
     result = train_ladder(LadderConfig(
         data=req.data_dir, out=req.out_dir, accuracies=trained, aug=req.aug, arch=s.arch, width=s.width,
-        max_steps=s.max_steps, eval_every=s.eval_every, fine_window=s.fine_window, seed=s.seed,
+        max_steps=s.max_steps, eval_every=s.eval_every, tolerance=s.tolerance, seed=s.seed,
         random_init=bool(random_init),
         batch_size=req.batch_size, device=req.device, force=True,
     ))
@@ -596,11 +588,8 @@ def _map_jobs(jobs: list[tuple[str, Callable, Any]], workers: int, device: str) 
 
 
 def _row(spec: RunSpec, status: str, **extra: Any) -> RunRow:
-    return RunRow(
-        run_id=spec.run_id, strategy=spec.strategy, student_aug=spec.student_aug, steps=spec.steps,
-        eval_every=spec.eval_every, seed=spec.seed, teacher_acc=spec.teacher_acc,
-        teacher_aug=spec.teacher_aug, ipc=spec.ipc, fraction=spec.fraction, status=status, **extra,
-    )
+    # asdict holds the axes only: run_id and teacher_key are properties, not fields.
+    return RunRow(run_id=spec.run_id, status=status, **asdict(spec), **extra)
 
 
 def _sync_run(index: ResultsIndex, layout: _Layout, spec: RunSpec, measured: float | None,

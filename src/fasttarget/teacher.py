@@ -4,9 +4,12 @@ The paper's teachers of different quality (Appendix A) come from one Strategy A 
 run with plain cross-entropy, validated as it goes, "saved the first time it reached the
 preset accuracy". :func:`train_ladder` does that on the test split:
 
-- it evaluates every ``eval_every`` steps, and ten times as often once the last accuracy is
-  within ``fine_window`` of the next target, so a saved teacher lands close above its target
-  (the measured accuracy is what is recorded, in the checkpoint and in ``ladder.json``);
+- it schedules each evaluation from the learning curve measured so far (:class:`Ladder`):
+  halfway to the next target while far from it, then every half ``tolerance`` of predicted
+  gain, at most ``eval_every`` steps apart. A saved teacher so lands close above its target
+  without evaluating every few steps all run long (on CPU an evaluation costs as much as
+  dozens of training steps). The measured accuracy is what is recorded, in the checkpoint
+  and in ``ladder.json``;
 - one evaluation that clears several targets saves the same weights for each of them;
 - ``random_init`` also saves the untrained network (the paper's "10 %" teacher);
 - it stops at the highest target or after ``max_steps``, reporting the targets it missed.
@@ -15,10 +18,14 @@ Files in ``out``: ``teacher-acc30.pt`` … (:func:`teacher_filename`), ``teacher
 and ``ladder.json`` (config, the saved rungs, the missed targets, every evaluation).
 
 Example:
-    >>> ladder = Ladder((0.5, 0.3), eval_every=20, fine_window=0.02)
-    >>> ladder.crossed(0.29), ladder.steps_to_next_eval(0.29)
-    ([], 2)
-    >>> ladder.crossed(0.55), ladder.done
+    >>> ladder = Ladder((0.5, 0.3), eval_every=100, tolerance=0.01, chance=0.1)
+    >>> ladder.steps_to_next_eval()  # nothing measured yet: a short first interval
+    10
+    >>> ladder.record(10, 0.18), ladder.steps_to_next_eval()  # 12 points to go at 0.8/step: halfway
+    ([], 7)
+    >>> ladder.record(17, 0.28), ladder.steps_to_next_eval()  # 2 points to go: half a point per evaluation
+    ([], 1)
+    >>> ladder.record(19, 0.55), ladder.done
     ([0.3, 0.5], True)
 """
 
@@ -70,8 +77,10 @@ class LadderConfig:
         aug: augmentation of the teacher's training views.
         arch, width: the teacher network (``width`` multiplies ResNet-18's base width 64).
         max_steps: give up on the remaining targets after this many steps.
-        eval_every: steps between evaluations while far from the next target.
-        fine_window: evaluate ten times as often once within this much of the next target.
+        eval_every: the most steps between two evaluations (the learning curve's slope
+            usually schedules them sooner; see :class:`Ladder`).
+        tolerance: how far above a target a saved teacher may land; evaluations are
+            scheduled to cross each target by about half of it.
         seed: seed of the initialization, data order and augmentation.
         random_init: also save the untrained network as ``teacher-random.pt``.
         batch_size, lr, weight_decay: the optimizer's (AdamW).
@@ -89,8 +98,8 @@ class LadderConfig:
     arch: str = "resnet18"
     width: float = 1.0
     max_steps: int = 20_000
-    eval_every: int = 20
-    fine_window: float = 0.02
+    eval_every: int = 100
+    tolerance: float = 0.01
     seed: int = 0
     random_init: bool = False
     batch_size: int = 128
@@ -120,37 +129,77 @@ class LadderConfig:
         for name in ("max_steps", "eval_every", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.tolerance < 1:
+            raise UserError(f"--tolerance must be a fraction in (0, 1), got {self.tolerance}: write 0.01 for 1 %")
         training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
 
 
 class Ladder:
     """Which targets are still pending, and when to evaluate next.
 
+    Evaluations are scheduled from the measured learning curve. Its slope (a least-squares
+    fit over the last three evaluations, the chance level at step 0 counting as one, or the
+    slope since the start if that fit is not positive) predicts how far off the next target
+    is. While it is more than three tolerances away, the next evaluation goes halfway there;
+    closer, it goes where the curve should have gained half a tolerance, so the crossing is
+    caught about that far above the target. Intervals stay between one step and the smaller
+    of ``eval_every`` and twice the last interval (a curve about to take off looks flat from
+    behind). Test accuracy also jitters from step to step, which no schedule can predict:
+    the measured accuracy at the crossing is what gets recorded.
+
     Args:
         targets: target accuracies.
-        eval_every: steps between evaluations while far from the next target.
-        fine_window: evaluate ten times as often (at least every step) once the accuracy is
-            within this of the next target.
+        eval_every: the most steps between two evaluations.
+        tolerance: how far above a target an evaluation may land.
+        chance: the accuracy at step 0 (``1 / classes``), the start of the curve.
+        first_eval: steps before the first evaluation, when there is no slope yet.
     """
 
-    def __init__(self, targets, eval_every: int, fine_window: float):
+    def __init__(self, targets, eval_every: int, tolerance: float = 0.01, chance: float = 0.0, first_eval: int = 10):
+        if eval_every < 1 or tolerance <= 0:
+            raise UserError(f"--eval-every must be ≥ 1 and --tolerance > 0, got {eval_every} and {tolerance}")
         self.pending = sorted(targets)
         self.eval_every = eval_every
-        self.fine_window = fine_window
+        self.tolerance = tolerance
+        self.first_eval = first_eval
+        self.history: list[tuple[int, float]] = [(0, chance)]
 
     @property
     def done(self) -> bool:
         return not self.pending
 
-    def crossed(self, accuracy: float) -> list[float]:
-        """The pending targets ``accuracy`` reaches; they are no longer pending."""
+    def record(self, step: int, accuracy: float) -> list[float]:
+        """Note an evaluation; return the pending targets it reaches (they are no longer pending)."""
+        if step == self.history[-1][0]:
+            self.history[-1] = (step, accuracy)  # a measured step 0 replaces the chance prior
+        else:
+            self.history.append((step, accuracy))
         reached = [t for t in self.pending if accuracy >= t]
         self.pending = [t for t in self.pending if accuracy < t]
         return reached
 
-    def steps_to_next_eval(self, accuracy: float) -> int:
-        near = self.pending and accuracy >= self.pending[0] - self.fine_window
-        return max(1, self.eval_every // 10) if near else self.eval_every
+    def steps_to_next_eval(self) -> int:
+        """Steps from the last evaluation to the next one."""
+        if len(self.history) < 2 or self.done:
+            return min(self.first_eval, self.eval_every)
+        step, accuracy = self.history[-1]
+        slope = _slope(self.history[-3:])
+        if slope <= 0:  # jitter can hide recent progress: use the progress since the start
+            slope = _slope([self.history[0], self.history[-1]])
+        if slope <= 0:  # no progress measured at all: the longest interval
+            return self.eval_every
+        gap = self.pending[0] - accuracy
+        steps = gap / 2 / slope if gap > 3 * self.tolerance else self.tolerance / 2 / slope
+        longest = min(self.eval_every, 2 * (step - self.history[-2][0]))
+        return int(min(longest, max(1, steps)))
+
+
+def _slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of accuracy over step."""
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx if sxx else 0.0
 
 
 @dataclass(frozen=True)
@@ -228,15 +277,16 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
                                                   step, extra))
         rungs.append(Rung(target, path, accuracy, step))
 
+    ladder = Ladder(cfg.accuracies, cfg.eval_every, cfg.tolerance, chance=1 / meta.num_classes)
     if cfg.random_init:
         (accuracy,) = evaluate(net, test_loader, device)
         evaluations.append((0, accuracy))
+        ladder.record(0, accuracy)
         save(None, accuracy, 0)
 
-    ladder = Ladder(cfg.accuracies, cfg.eval_every, cfg.fine_window)
     progress = Progress(cfg.max_steps, 0, "teacher", cfg.progress)
     throughput = Throughput(device)
-    next_eval, step = cfg.eval_every, 0
+    next_eval, step = ladder.steps_to_next_eval(), 0
     try:
         for step, batch in iterate_steps(loader, 0, cfg.max_steps if not ladder.done else 0):
             with autocast(device):
@@ -253,14 +303,14 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
             throughput.pause()
             (accuracy,) = evaluate(net, test_loader, device)
             evaluations.append((step, accuracy))
-            for target in ladder.crossed(accuracy):
+            for target in ladder.record(step, accuracy):
                 save(target, accuracy, step)
             progress.acc = f"{accuracy:.2%}"
             progress.update(step, loss.item(), throughput.rate())
             throughput.reset()
             if ladder.done:
                 break
-            next_eval = step + ladder.steps_to_next_eval(accuracy)
+            next_eval = step + ladder.steps_to_next_eval()
     finally:
         progress.close()
 

@@ -36,8 +36,8 @@ def teacher(
     arch: str = ArchOption,
     width: float = WidthOption,
     max_steps: int = typer.Option(20_000, "--max-steps", help="Give up on the remaining targets after this many steps."),
-    eval_every: int = typer.Option(20, "--eval-every", help="Steps between evaluations while far from a target."),
-    fine_window: float = typer.Option(0.02, "--fine-window", help="Evaluate 10x as often within this of the next target."),
+    eval_every: int = typer.Option(100, "--eval-every", help="The most steps between two evaluations."),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="How far above a target a saved teacher may land (evaluations are scheduled from the learning curve to cross by about half of it)."),
     random_init: bool = typer.Option(False, "--random-init", help="Also save the untrained network (the ~10% teacher)."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialization, data order and augmentation."),
     batch_size: int = typer.Option(128, "--batch-size"),
@@ -64,7 +64,7 @@ def teacher(
             raise UserError(f"unexpected argument {extra!r}: see `fasttarget teacher --help`") from None
     result = train_ladder(LadderConfig(
         data=data, out=out, accuracies=tuple(targets), aug=aug, arch=arch, width=width, max_steps=max_steps,
-        eval_every=eval_every, fine_window=fine_window, seed=seed, random_init=random_init,
+        eval_every=eval_every, tolerance=tolerance, seed=seed, random_init=random_init,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, device=device, compile=compile, force=force, progress=progress,
     ))
