@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from fasttarget.errors import UserError
+from fasttarget.threads import kept_threads
 
 SUITES = ("convert", "loader", "augment", "targets", "step")
 DEVICES = ("cpu", "cuda")
@@ -489,8 +490,9 @@ def convert_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
     splits = {name: (source.split(name).images, source.split(name).labels) for name in ("train", "test")}
 
     def ffcv_writer() -> None:
-        import ffcv.writer
-        from ffcv.fields import IntField, RGBImageField
+        with kept_threads():  # importing ffcv sets torch's threads to 1 (fasttarget.threads)
+            import ffcv.writer
+            from ffcv.fields import IntField, RGBImageField
         from tqdm import tqdm
 
         (out / "ffcv").mkdir(parents=True, exist_ok=True)

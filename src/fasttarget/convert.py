@@ -39,6 +39,7 @@ import numpy as np
 
 from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo
 from fasttarget.errors import UserError
+from fasttarget.threads import kept_threads
 from fasttarget.sources import DATASETS, Source, Split, download_source, load_image, open_source
 
 RAW_MAX_SIDE = 64
@@ -137,8 +138,9 @@ def write_split(
         progress: show a progress bar.
         desc: progress bar label.
     """
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+    with kept_threads():  # importing ffcv sets torch's threads to 1 (fasttarget.threads)
+        from ffcv.fields import IntField, RGBImageField
+        from ffcv.writer import DatasetWriter
 
     if encoding not in ("raw", "jpg"):
         raise ValueError(f"encoding must be 'raw' or 'jpg', got {encoding!r}")
@@ -227,7 +229,8 @@ def _failed_children() -> bool:
 # --- statistics and fingerprint --------------------------------------------------------
 
 def _resize(image: np.ndarray, max_side: int | None) -> np.ndarray:
-    from ffcv.fields.rgb_image import resizer  # the writer's own resize, so sizes and stats match it
+    with kept_threads():
+        from ffcv.fields.rgb_image import resizer  # the writer's own resize, so sizes and stats match it
 
     return resizer(image, max_side)
 
@@ -317,7 +320,8 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
     from tqdm import tqdm
 
     # Imported and compiled once here: forked scan workers would each spend seconds on them.
-    import ffcv.fields.rgb_image  # noqa: F401
+    with kept_threads():
+        import ffcv.fields.rgb_image  # noqa: F401
     channel_histogram(np.zeros((1, 1, 1, 3), np.uint8))
 
     files = split.files

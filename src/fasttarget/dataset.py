@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fasttarget.errors import UserError
+from fasttarget.threads import kept_threads
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -175,6 +176,11 @@ def read_split(directory: str | Path, split: str, num_workers: int | None = None
     Raises:
         UserError: the directory is not a converted dataset, or its images differ in size.
     """
+    with kept_threads():  # ffcv resets torch's and numba's thread counts
+        return _read_split(directory, split, num_workers)
+
+
+def _read_split(directory: str | Path, split: str, num_workers: int | None) -> tuple[np.ndarray, np.ndarray]:
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -206,7 +212,8 @@ def read_labels(directory: str | Path, split: str) -> np.ndarray:
     Example: the per-class rows of an IPC subset,
     ``select_subset(read_labels(d, "train"), SubsetConfig(ipc=10))``.
     """
-    from ffcv.reader import Reader
+    with kept_threads():
+        from ffcv.reader import Reader
 
     return np.array(Reader(str(beton_path(directory, split))).metadata["f1"], dtype=np.int64)
 
@@ -221,7 +228,8 @@ def check_dataset(directory: str | Path) -> DatasetMeta:
     Raises:
         UserError: naming the first mismatch.
     """
-    from ffcv.reader import Reader
+    with kept_threads():
+        from ffcv.reader import Reader
 
     meta = DatasetMeta.load(directory)
     rerun = f"reconvert with `fasttarget convert ... --out {directory} --force`"

@@ -54,6 +54,7 @@ from torch import Tensor
 from fasttarget.augment import AugmentConfig, AugRecord, build_augment
 from fasttarget.dataset import DatasetMeta, beton_path, read_labels, read_split
 from fasttarget.errors import UserError
+from fasttarget.threads import kept_threads
 
 if TYPE_CHECKING:
     from fasttarget.subsets import SubsetConfig
@@ -446,6 +447,10 @@ class FfcvLoader(_Loader):
         self, cfg: LoaderConfig, meta: DatasetMeta, *, pool: np.ndarray | None = None,
         targets: TargetFn | None = None,
     ) -> None:
+        with kept_threads():  # ffcv resets torch's and numba's thread counts (fasttarget.threads)
+            self._build(cfg, meta, pool, targets)
+
+    def _build(self, cfg: LoaderConfig, meta: DatasetMeta, pool: np.ndarray | None, targets: TargetFn | None) -> None:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import SimpleRGBImageDecoder
         from ffcv.loader import Loader
@@ -492,7 +497,8 @@ class FfcvLoader(_Loader):
 
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
         self._order.plan = self.rows(epoch)[start * self.cfg.batch_size :]
-        epoch_iterator = iter(self._ffcv)
+        with kept_threads():
+            epoch_iterator = iter(self._ffcv)
         try:
             for k, out in enumerate(epoch_iterator, start):
                 fields = dict(zip(self._fields, out))

@@ -540,9 +540,12 @@ def _guarded(fn: Callable[[Any], Any], arg: Any) -> tuple[bool, Any]:
 
 def _init_worker(devices: Any, threads: int) -> None:
     """Pool worker start-up: pin one GPU per process, share the CPU cores fairly."""
+    import numba
     import torch
 
+    # Both pools, or the stdaug kernel's numba threads would still fight the other workers.
     torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     device = devices.get()
     if device is not None:
         torch.cuda.set_device(device)

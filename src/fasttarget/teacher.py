@@ -8,8 +8,11 @@ preset accuracy". :func:`train_ladder` does that on the test split:
   halfway to the next target while far from it, then every half ``tolerance`` of predicted
   gain, at most ``eval_every`` steps apart. A saved teacher so lands close above its target
   without evaluating every few steps all run long (on CPU an evaluation costs as much as
-  dozens of training steps). The measured accuracy is what is recorded, in the checkpoint
-  and in ``ladder.json``;
+  dozens of training steps). An evaluation that still overshoots a target by more than the
+  tolerance (test accuracy jitters by points between nearby steps) is refined: the weights
+  of a few steps since the last evaluation are kept on the host, and the saved teacher is
+  the snapshot found by bisecting them for the crossing. The measured accuracy is what is
+  recorded, in the checkpoint and in ``ladder.json``;
 - one evaluation that clears several targets saves the same weights for each of them;
 - ``random_init`` also saves the untrained network (the paper's "10 %" teacher);
 - it stops at the highest target or after ``max_steps``, reporting the targets it missed.
@@ -58,6 +61,8 @@ from fasttarget.train import (
 )
 
 LADDER_FILE = "ladder.json"
+# At most this many weight snapshots are kept between two evaluations (see train_ladder).
+SNAPSHOTS = 8
 RANDOM_FILE = "teacher-random.pt"
 
 
@@ -222,6 +227,8 @@ class LadderResult:
         best_accuracy: the highest accuracy measured.
         steps: steps trained.
         evaluations: every ``(step, accuracy)`` measured.
+        refinements: ``(step, accuracy)`` of the snapshots evaluated to find a crossing
+            that an evaluation overshot.
     """
 
     rungs: tuple[Rung, ...]
@@ -229,6 +236,7 @@ class LadderResult:
     best_accuracy: float
     steps: int
     evaluations: tuple[tuple[int, float], ...]
+    refinements: tuple[tuple[int, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -236,6 +244,7 @@ class LadderResult:
                       for r in self.rungs],
             "missed": list(self.missed), "best_accuracy": self.best_accuracy, "steps": self.steps,
             "evaluations": [list(e) for e in self.evaluations],
+            "refinements": [list(e) for e in self.refinements],
         }
 
 
@@ -268,6 +277,38 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
     rungs: list[Rung] = []
     evaluations: list[tuple[int, float]] = []
 
+    refinements: list[tuple[int, float]] = []
+    # Weights of the steps since the last evaluation (on the host, a few per interval): when an
+    # evaluation overshoots a target by more than the tolerance, the crossing is looked for
+    # among them instead of saving the late weights.
+    snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
+    snapshot_every = 1  # set at each evaluation from the next interval
+
+    def refine(target: float) -> bool:
+        """Save the snapshot at or above ``target`` right after one below it, found by bisection.
+
+        Assumes the accuracy rises between two evaluations; with jitter it still saves a
+        measured crossing, only not necessarily the first. ``False``: no snapshot reaches it.
+        """
+        current = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        lo, hi, found = 0, len(snapshots), None
+        try:
+            while lo < hi:
+                mid = (lo + hi) // 2
+                net.load_state_dict(snapshots[mid][1])
+                (acc,) = evaluate(net, test_loader, device)
+                refinements.append((snapshots[mid][0], acc))
+                if acc >= target:
+                    hi, found = mid, (snapshots[mid][0], acc)
+                else:
+                    lo = mid + 1
+            if found is not None:
+                net.load_state_dict(snapshots[hi][1])
+                save(target, found[1], found[0])
+        finally:
+            net.load_state_dict(current)
+        return found is not None
+
     def save(target: float | None, accuracy: float, step: int) -> None:
         path = cfg.out / (RANDOM_FILE if target is None else teacher_filename(target))
         extra = {"target_accuracy": target, "aug": cfg.aug, "seed": cfg.seed, "lr": cfg.lr,
@@ -287,6 +328,7 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
     progress = Progress(cfg.max_steps, 0, "teacher", cfg.progress)
     throughput = Throughput(device)
     next_eval, step = ladder.steps_to_next_eval(), 0
+    snapshot_every = max(1, -(-next_eval // SNAPSHOTS))
     try:
         for step, batch in iterate_steps(loader, 0, cfg.max_steps if not ladder.done else 0):
             with autocast(device):
@@ -299,25 +341,31 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
             if step % BAR_EVERY == 0:
                 progress.update(step, loss.item(), throughput.rate())
             if step < next_eval and step != cfg.max_steps:
+                if step % snapshot_every == 0:
+                    snapshots.append((step, {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}))
                 continue
             throughput.pause()
             (accuracy,) = evaluate(net, test_loader, device)
             evaluations.append((step, accuracy))
             for target in ladder.record(step, accuracy):
-                save(target, accuracy, step)
+                if not (accuracy > target + cfg.tolerance and snapshots and refine(target)):
+                    save(target, accuracy, step)
             progress.acc = f"{accuracy:.2%}"
             progress.update(step, loss.item(), throughput.rate())
             throughput.reset()
             if ladder.done:
                 break
-            next_eval = step + ladder.steps_to_next_eval()
+            interval = ladder.steps_to_next_eval()
+            next_eval = step + interval
+            snapshots.clear()
+            snapshot_every = max(1, -(-interval // SNAPSHOTS))
     finally:
         progress.close()
 
     result = LadderResult(
         rungs=tuple(rungs), missed=tuple(ladder.pending),
         best_accuracy=max((a for _, a in evaluations), default=0.0), steps=step,
-        evaluations=tuple(evaluations),
+        evaluations=tuple(evaluations), refinements=tuple(refinements),
     )
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}
     write_json(ladder_path, {"config": config, "dataset_fingerprint": meta.fingerprint, **result.to_json()})
