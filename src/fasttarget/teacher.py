@@ -62,7 +62,7 @@ from fasttarget.train import (
 
 LADDER_FILE = "ladder.json"
 # At most this many weight snapshots are kept between two evaluations (see train_ladder).
-SNAPSHOTS = 8
+SNAPSHOTS = 16
 RANDOM_FILE = "teacher-random.pt"
 
 
