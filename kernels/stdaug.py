@@ -26,6 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fasttarget.threads import prefer_openmp
+
+# Before this module's parallel kernel first runs: share torch's OpenMP runtime (see fasttarget.threads).
+prefer_openmp()
+
 _ZERO, _ONE, _HALF = np.float32(0.0), np.float32(1.0), np.float32(0.5)
 # ITU-R 601 luma weights, as kornia.color.rgb_to_grayscale.
 _WR, _WG, _WB = np.float32(0.299), np.float32(0.587), np.float32(0.114)
