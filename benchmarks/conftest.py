@@ -69,16 +69,19 @@ def bench_rows(request: pytest.FixtureRequest) -> list[Row]:
 
 
 @pytest.fixture
-def compare_on_cpu(tmp_path: Path, bench_rows: list[Row]) -> Callable[..., list[Row]]:
+def compare_on_cpu(tmp_path: Path, bench_rows: list[Row], request: pytest.FixtureRequest) -> Callable[..., list[Row]]:
     """Measure one ``fasttarget bench`` suite on CPU the way the augment and loader benchmarks do.
 
     Returns a function ``(suite, data_dir, repeats, title)`` that measures the suite's
     comparisons (one warm-up each), prints them as img/s lines under ``title(context)``
     (``-s`` shows them), checks every throughput is positive, adds the rows to the session
-    table and returns them.
+    table and returns them. Under ``--benchmark-enable`` every suite takes at least 5 pairs:
+    a single pair is a smoke test, not a number to publish.
     """
+    timed = request.config.getoption("benchmark_enable", False)
 
     def compare(suite: str, data_dir: Path, repeats: int, title: Callable[[BenchContext], str]) -> list[Row]:
+        repeats = max(repeats, 5) if timed else repeats
         cfg = BenchConfig(suites=(suite,), data=data_dir, device="cpu", repeats=repeats, warmup=1)
         ctx = BenchContext(cfg, tmp_path)
         rows = run_suite(suite, ctx)
