@@ -808,19 +808,17 @@ def step_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
     n = ctx.cfg.batches
     ctx.notes.append(f"step suite: ResNet-18 width {ctx.cfg.width} student and teacher, {STEP_AUGMENT}, "
                      f"batch {STEP_BATCH}, {n} steps per timed call")
-    full = {}
+    full, staged_by = {}, {}
     for strategy in ctx.strategies():
         loader = ctx.resident_loader(STEP_BATCH, STEP_AUGMENT, ctx.targets(strategy))
         student = StudentStep(ctx.cfg.width, ctx.meta.num_classes, ctx.device)
         stream = _forever(loader)
-        staged = [next(stream) for _ in range(n)]
-        if strategy == "C":
-            staged_c = staged
+        staged = staged_by[strategy] = [next(stream) for _ in range(n)]
         full[strategy] = _steps(student, stream, n)
         yield Comparison(f"step {strategy} b{STEP_BATCH}", "img/s", n * STEP_BATCH, full[strategy],
                          STAGED, _steps(student, itertools.cycle(staged), n))
     if "C" in full:
-        ctx.notes.append(_target_cost_note(ctx, staged_c))
+        ctx.notes.append(_target_cost_note(ctx, staged_by["C"]))
     for strategy in ("C", "B"):
         if strategy in full:
             yield Comparison(f"step {strategy} b{STEP_BATCH}", "img/s", n * STEP_BATCH, full[strategy],

@@ -209,22 +209,15 @@ def _cifar_pixels(flat: np.ndarray) -> np.ndarray:
 def _read_records(files: list[Path], label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate binary CIFAR records: ``label_bytes`` label bytes then 3,072 pixel bytes."""
     size = label_bytes + 3072
-    lengths = [f.stat().st_size for f in files]
-    for f, n in zip(files, lengths):
-        if n % size:
-            raise UserError(f"{f} is not a CIFAR binary file ({n} bytes is not a multiple of {size})")
-    # Read every file straight into one buffer: no per-file arrays to concatenate afterwards.
-    records = np.empty((sum(lengths) // size, size), np.uint8)
-    row = 0
-    for f, n in zip(files, lengths):
-        with open(f, "rb") as fh:
-            got = fh.readinto(memoryview(records[row : row + n // size]).cast("B"))
-        if got != n:
-            raise UserError(f"{f} changed while being read ({got} of {n} bytes): read it again")
-        row += n // size
-    labels = records[:, :label_bytes].astype(np.int64)
+    parts = []
+    for f in files:
+        raw = np.fromfile(f, dtype=np.uint8)
+        if raw.size % size:
+            raise UserError(f"{f} is not a CIFAR binary file ({raw.size} bytes is not a multiple of {size})")
+        parts.append(raw.reshape(-1, size))
+    records = np.concatenate(parts)
     # The pixel columns are a strided view of the records; _cifar_pixels copies them once.
-    return labels, _cifar_pixels(records[:, label_bytes:])
+    return records[:, :label_bytes].astype(np.int64), _cifar_pixels(records[:, label_bytes:])
 
 
 def _unpickle(path: Path) -> dict:

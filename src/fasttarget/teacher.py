@@ -276,13 +276,11 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
 
     rungs: list[Rung] = []
     evaluations: list[tuple[int, float]] = []
-
     refinements: list[tuple[int, float]] = []
-    # Weights of the steps since the last evaluation (on the host, a few per interval): when an
-    # evaluation overshoots a target by more than the tolerance, the crossing is looked for
-    # among them instead of saving the late weights.
+    # Weights of the steps since the last evaluation (on the host, at most SNAPSHOTS per
+    # interval): when an evaluation overshoots a target by more than the tolerance, the
+    # crossing is looked for among them instead of saving the late weights.
     snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
-    snapshot_every = 1  # set at each evaluation from the next interval
 
     def refine(target: float) -> bool:
         """Save the snapshot at or above ``target`` right after one below it, found by bisection.
@@ -291,7 +289,7 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
         measured crossing, only not necessarily the first. ``False``: no snapshot reaches it.
         """
         current = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        lo, hi, found = 0, len(snapshots), None
+        lo, hi, found_acc = 0, len(snapshots), None  # found: snapshots[hi], measured found_acc
         try:
             while lo < hi:
                 mid = (lo + hi) // 2
@@ -299,15 +297,15 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
                 (acc,) = evaluate(net, test_loader, device)
                 refinements.append((snapshots[mid][0], acc))
                 if acc >= target:
-                    hi, found = mid, (snapshots[mid][0], acc)
+                    hi, found_acc = mid, acc
                 else:
                     lo = mid + 1
-            if found is not None:
+            if found_acc is not None:
                 net.load_state_dict(snapshots[hi][1])
-                save(target, found[1], found[0])
+                save(target, found_acc, snapshots[hi][0])
         finally:
             net.load_state_dict(current)
-        return found is not None
+        return found_acc is not None
 
     def save(target: float | None, accuracy: float, step: int) -> None:
         path = cfg.out / (RANDOM_FILE if target is None else teacher_filename(target))
@@ -328,7 +326,7 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
     progress = Progress(cfg.max_steps, 0, "teacher", cfg.progress)
     throughput = Throughput(device)
     next_eval, step = ladder.steps_to_next_eval(), 0
-    snapshot_every = max(1, -(-next_eval // SNAPSHOTS))
+    snapshot_every = -(-next_eval // SNAPSHOTS)  # ceil: at most SNAPSHOTS per interval
     try:
         for step, batch in iterate_steps(loader, 0, cfg.max_steps if not ladder.done else 0):
             with autocast(device):
@@ -358,7 +356,7 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
             interval = ladder.steps_to_next_eval()
             next_eval = step + interval
             snapshots.clear()
-            snapshot_every = max(1, -(-interval // SNAPSHOTS))
+            snapshot_every = -(-interval // SNAPSHOTS)
     finally:
         progress.close()
 

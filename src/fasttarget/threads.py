@@ -27,10 +27,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import sys
+import functools
 from typing import Iterator
 
 
+@functools.cache  # once per process: the layer is fixed when numba first starts its threads
 def prefer_openmp() -> None:
     """Use numba's OpenMP threading layer (torch's runtime) if nothing chose another yet."""
     try:
@@ -47,20 +48,14 @@ def kept_threads() -> Iterator[None]:
     """Restore torch's intra-op and numba's thread counts of the calling thread on exit."""
     import torch  # here, so that importing fasttarget.dataset stays light
 
-    prefer_openmp()
+    import numba  # ffcv's own dependency: present wherever ffcv is
 
-    torch_threads = torch.get_num_threads()
-    numba = sys.modules.get("numba")  # only if already imported: never import it for this
-    numba_threads = numba.get_num_threads() if numba is not None else None
+    prefer_openmp()
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     try:
         yield
     finally:
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
-        numba = sys.modules.get("numba")
-        if numba is not None:
-            # numba imported inside the block starts at its default: the caller's torch count
-            # is the budget the caller chose, so it bounds numba's too.
-            wanted = numba_threads if numba_threads is not None else min(torch_threads, numba.config.NUMBA_NUM_THREADS)
-            if numba.get_num_threads() != wanted:
-                numba.set_num_threads(wanted)
+        if numba.get_num_threads() != numba_threads:
+            numba.set_num_threads(numba_threads)
