@@ -1,0 +1,144 @@
+"""Running the CLI in tests, and the table of every bad input the tests try.
+
+Every test that feeds the command line a bad input goes through :func:`user_error` (in-process)
+or :func:`record_bad_input` (a subprocess it ran itself). Both assert the CLI's contract for
+mistakes a user can fix — exit code 2, one line on stderr that starts with ``error:``, no
+traceback — and record what was tried and the line it got. ``pytest --bad-inputs-table FILE``
+writes those records as a Markdown table (``docs/bad-inputs.md`` is made that way), so the
+table lists exactly what the tests check, with the messages they saw.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+_RECORDS = pytest.StashKey[list]()
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One bad input a test tried: what it was, the command, and the one line it got."""
+
+    test: str
+    what: str
+    command: str
+    message: str
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bad-inputs-table", metavar="FILE", default=None,
+                     help="write the bad inputs the tests tried, and the messages they got, as Markdown")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RECORDS] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = session.config.getoption("--bad-inputs-table")
+    if path:
+        Path(path).write_text(render_table(session.config.stash[_RECORDS]))
+
+
+def render_table(records: list[BadInput]) -> str:
+    """The Markdown table of ``records``, one row per distinct (what, command), grouped by test file."""
+    rows = {(r.test.split("::")[0], r.what, r.command): r.message for r in records}
+    lines = [
+        "# Bad inputs and what fasttarget says",
+        "",
+        "Every mistake a user can fix ends in exit code 2 and one line on stderr, never a traceback.",
+        "This table is written by the tests that check it (`tests/conftest.py`), so it lists exactly",
+        "what they try; paths under the test's temporary folder are shown as `<tmp>`. Regenerate with",
+        "",
+        "```bash",
+        ".venv/bin/python -m pytest tests --bad-inputs-table docs/bad-inputs.md",
+        "```",
+        "",
+        "| test file | bad input | command | message |",
+        "|---|---|---|---|",
+    ]
+    for (file, what, command), message in sorted(rows.items()):
+        lines.append(f"| `{file}` | {_cell(what)} | `{_cell(command)}` | {_cell(message)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _relative(text: str, *folders: Path) -> str:
+    """``text`` with the tests' temporary folders shown as ``<tmp>``, so the table reads the same every run."""
+    for folder in folders:
+        text = text.replace(str(folder), "<tmp>")
+    return text
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    """Assert the CLI contract for a user's mistake and return the message (without ``error: ``)."""
+    lines = err.strip().splitlines()
+    assert code == 2, f"exit code {code}, stderr:\n{err}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0].removeprefix("error: ")
+
+
+@pytest.fixture
+def record_bad_input(request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``record_bad_input(what, argv, code, stderr, *fragments)``: check and record a subprocess's error.
+
+    For bad inputs a test must try from its own process (a second writer holding a lock, a console
+    script run for real): pass the argv it ran, its exit code and stderr.
+    """
+
+    def record(what: str, argv: list[str], code: int, err: str, *fragments: str) -> str:
+        message = assert_one_line_error(code, err, *fragments)
+        command = shlex.join(["fasttarget", *map(str, argv)])
+        folders = (tmp_path, tmp_path_factory.getbasetemp())
+        request.config.stash[_RECORDS].append(
+            BadInput(request.node.nodeid, what, _relative(command, *folders), _relative(message, *folders)))
+        return message
+
+    return record
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``run_cli(*args) -> (exit code, stdout, stderr)``: the ``fasttarget`` entry point, in-process."""
+    from fasttarget.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["fasttarget", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code or 0
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def user_error(run_cli, record_bad_input):
+    """``user_error(what, *args, expect=(fragments...)) -> message``: run a bad command, check, record it.
+
+    Example::
+
+        def test_negative_lr(user_error, sample_dir, tmp_path):
+            user_error("negative learning rate", "train", "--data", sample_dir, "--lr", "-1",
+                       "--out", tmp_path / "run", expect=("--lr",))
+    """
+
+    def run(what: str, *args, expect: tuple[str, ...] = ()) -> str:
+        code, _, err = run_cli(*args)
+        return record_bad_input(what, list(args), code, err, *expect)
+
+    return run
