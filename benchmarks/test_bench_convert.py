@@ -19,9 +19,10 @@ from fasttarget.convert import usable_cores
 GOAL_RATIO = 2.0
 
 
-def test_bench_convert_vs_ffcv_writer(benchmark, bench_rows, cifar10_source, tmp_path):
+def test_bench_convert_vs_ffcv_writer(benchmark, bench_rows, full_cifar10_source, tmp_path):
     timed = benchmark.enabled
-    cfg = BenchConfig(suites=("convert",), source=cifar10_source, repeats=3 if timed else 1, warmup=1 if timed else 0)
+    cfg = BenchConfig(suites=("convert",), source=full_cifar10_source,
+                      repeats=3 if timed else 1, warmup=1 if timed else 0)
     ctx = BenchContext(cfg, tmp_path)
     comparison = next(convert_comparisons(ctx))
     benchmark.extra_info["note"] = "one round = the interleaved measurement of both sides; see the printed row"

@@ -28,7 +28,7 @@ def _source_records(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndar
     return raw[:, 0].astype(np.int64), raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
-def test_real_cifar10_is_byte_identical_to_source(cifar10_dir, cifar10_source):
+def test_real_cifar10_is_byte_identical_to_source(cifar10_dir, full_cifar10_source):
     meta = DatasetMeta.load(cifar10_dir)
     assert (meta.count("train"), meta.count("test")) == (50_000, 10_000)
     assert meta.splits["train"].class_counts == (5000,) * 10
@@ -41,7 +41,7 @@ def test_real_cifar10_is_byte_identical_to_source(cifar10_dir, cifar10_source):
 
     rng = np.random.default_rng(0)
     for split, names in (("train", [f"data_batch_{i}.bin" for i in range(1, 6)]), ("test", ["test_batch.bin"])):
-        want_labels, want_images = _source_records(cifar10_source, names)
+        want_labels, want_images = _source_records(full_cifar10_source, names)
         images, labels = read_split(cifar10_dir, split)
         assert np.bincount(labels).tolist() == list(meta.splits[split].class_counts)
         np.testing.assert_array_equal(labels, want_labels)
@@ -141,9 +141,9 @@ convert(ConvertConfig("cifar10", Path(sys.argv[1]), Path(sys.argv[2]), progress=
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
-def test_interrupted_conversion_leaves_no_train_beton_and_rerun_completes(cifar10_source, tmp_path, sig):
+def test_interrupted_conversion_leaves_no_train_beton_and_rerun_completes(full_cifar10_source, tmp_path, sig):
     out = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-c", _CONVERT_SCRIPT, str(cifar10_source), str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", _CONVERT_SCRIPT, str(full_cifar10_source), str(out)],
                             start_new_session=True, stderr=subprocess.PIPE)
     temporary = out / f".train.beton.{proc.pid}.tmp"
     deadline = time.monotonic() + 300
@@ -161,7 +161,7 @@ def test_interrupted_conversion_leaves_no_train_beton_and_rerun_completes(cifar1
         assert list(out.iterdir()) == [], "Ctrl-C should remove the temporary files"
         return
 
-    meta = convert(ConvertConfig("cifar10", cifar10_source, out, progress=False))
+    meta = convert(ConvertConfig("cifar10", full_cifar10_source, out, progress=False))
     assert meta.count("train") == 50_000
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "test.beton", "train.beton"]
     check_dataset(out)

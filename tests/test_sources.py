@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from PIL import Image
 
 from fasttarget.convert import ConvertConfig, convert
 from fasttarget.dataset import read_split
+from fasttarget.demo import SAMPLE_SOURCE
 from fasttarget.errors import UserError
 from fasttarget.sources import load_image, open_source
 
@@ -26,13 +29,25 @@ def _random_images(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def _pickle(path: Path, obj: dict) -> None:
+def _pickle(path: Path, obj: dict, keys: str) -> None:
+    """Pickle a CIFAR python dict with ``keys="bytes"`` or ``"str"`` keys and class names.
+
+    ``"bytes"`` is what the official Python 2 files give under ``pickle.load(f, encoding="bytes")``;
+    ``"str"`` is what torchvision sees (``encoding="latin1"``) and what a Python 3 re-pickle holds.
+    """
+    def form(value):
+        return value.encode() if keys == "bytes" and isinstance(value, str) else value
+
     with open(path, "wb") as f:
-        pickle.dump(obj, f)
+        pickle.dump({form(k): [form(x) for x in v] if isinstance(v, list) else v for k, v in obj.items()}, f)
 
 
-def make_cifar10(root: Path, layout: str, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """A 2-batch CIFAR-10 in ``layout`` under ``root/<layout>``; returns the true (images, labels)."""
+def make_cifar10(root: Path, layout: str, rng: np.random.Generator,
+                 keys: str = "bytes") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A 2-batch CIFAR-10 in ``layout`` under ``root/<layout>``; returns the true (images, labels).
+
+    ``keys`` is the form of the python layout's pickles (see :func:`_pickle`).
+    """
     folder = root / layout
     folder.mkdir(parents=True)
     truth = {}
@@ -46,7 +61,7 @@ def make_cifar10(root: Path, layout: str, rng: np.random.Generator) -> dict[str,
                 records = np.concatenate([labels[:, None].astype(np.uint8), _records_to_planes(images)], axis=1)
                 records.tofile(folder / f"{name}.bin")
             else:
-                _pickle(folder / name, {b"data": _records_to_planes(images), b"labels": labels.tolist()})
+                _pickle(folder / name, {"data": _records_to_planes(images), "labels": labels.tolist()}, keys)
             all_images.append(images)
             all_labels.append(labels)
         truth[split] = (np.concatenate(all_images), np.concatenate(all_labels))
@@ -54,12 +69,16 @@ def make_cifar10(root: Path, layout: str, rng: np.random.Generator) -> dict[str,
     if layout == "cifar-10-batches-bin":
         (folder / "batches.meta.txt").write_text("\n".join(names) + "\n\n")
     else:
-        _pickle(folder / "batches.meta", {b"label_names": [n.encode() for n in names]})
+        _pickle(folder / "batches.meta", {"label_names": names}, keys)
     return truth
 
 
-def make_cifar100(root: Path, layout: str, rng: np.random.Generator) -> dict[str, tuple[np.ndarray, ...]]:
-    """A small CIFAR-100 in ``layout``; returns the true (images, fine, coarse) per split."""
+def make_cifar100(root: Path, layout: str, rng: np.random.Generator,
+                  keys: str = "bytes") -> dict[str, tuple[np.ndarray, ...]]:
+    """A small CIFAR-100 in ``layout``; returns the true (images, fine, coarse) per split.
+
+    ``keys`` is the form of the python layout's pickles (see :func:`_pickle`).
+    """
     folder = root / layout
     folder.mkdir(parents=True)
     truth = {}
@@ -69,8 +88,8 @@ def make_cifar100(root: Path, layout: str, rng: np.random.Generator) -> dict[str
             head = np.stack([coarse, fine], axis=1).astype(np.uint8)
             np.concatenate([head, _records_to_planes(images)], axis=1).tofile(folder / f"{split}.bin")
         else:
-            _pickle(folder / split, {b"data": _records_to_planes(images), b"fine_labels": fine.tolist(),
-                                     b"coarse_labels": coarse.tolist()})
+            _pickle(folder / split, {"data": _records_to_planes(images), "fine_labels": fine.tolist(),
+                                     "coarse_labels": coarse.tolist()}, keys)
         truth[split] = (images, fine, coarse)
     fine_names = [f"fine{i}" for i in range(100)]
     coarse_names = [f"coarse{i}" for i in range(20)]
@@ -78,8 +97,7 @@ def make_cifar100(root: Path, layout: str, rng: np.random.Generator) -> dict[str
         (folder / "fine_label_names.txt").write_text("\n".join(fine_names))
         (folder / "coarse_label_names.txt").write_text("\n".join(coarse_names))
     else:
-        _pickle(folder / "meta", {b"fine_label_names": [n.encode() for n in fine_names],
-                                  b"coarse_label_names": [n.encode() for n in coarse_names]})
+        _pickle(folder / "meta", {"fine_label_names": fine_names, "coarse_label_names": coarse_names}, keys)
     return truth
 
 
@@ -130,9 +148,15 @@ def _convert(dataset: str, source: Path, out: Path, **kw) -> object:
     return convert(ConvertConfig(dataset, source, out, num_workers=2, progress=False, **kw))
 
 
-@pytest.mark.parametrize("layout", ["cifar-10-batches-bin", "cifar-10-batches-py"])
-def test_cifar10_layouts_round_trip(tmp_path, layout):
-    truth = make_cifar10(tmp_path / "src", layout, np.random.default_rng(1))
+# The python layouts in both pickle forms (see _pickle): byte keys and names, or str ones.
+CIFAR10_FORMS = [("cifar-10-batches-bin", "bytes"), ("cifar-10-batches-py", "bytes"), ("cifar-10-batches-py", "str")]
+CIFAR100_FORMS = [("cifar-100-binary", "bytes"), ("cifar-100-python", "bytes"), ("cifar-100-python", "str")]
+FORM_IDS = ["binary", "python-bytes-keys", "python-str-keys"]
+
+
+@pytest.mark.parametrize(("layout", "keys"), CIFAR10_FORMS, ids=FORM_IDS)
+def test_cifar10_layouts_round_trip(tmp_path, layout, keys):
+    truth = make_cifar10(tmp_path / "src", layout, np.random.default_rng(1), keys)
     # The parent folder works as --source (torchvision's root), the layout folder too.
     for source in (tmp_path / "src", tmp_path / "src" / layout):
         src = open_source("cifar10", source)
@@ -142,8 +166,8 @@ def test_cifar10_layouts_round_trip(tmp_path, layout):
             np.testing.assert_array_equal(src.split(split).images, images)
             np.testing.assert_array_equal(src.split(split).labels, labels)
 
-    if layout == "cifar-10-batches-bin":
-        return  # converting the binary layout is covered on the real CIFAR-10 in test_convert.py
+    if layout == "cifar-10-batches-bin" or keys == "str":
+        return  # conftest.py converts the binary layout (the sample); one pickle form covers the write path
     meta = _convert("cifar10", tmp_path / "src", tmp_path / "out")
     assert meta.source["layout"] == layout
     assert (meta.count("train"), meta.count("test")) == (12, 6)
@@ -154,9 +178,9 @@ def test_cifar10_layouts_round_trip(tmp_path, layout):
         assert meta.splits[split].class_counts == tuple(np.bincount(labels, minlength=10))
 
 
-@pytest.mark.parametrize("layout", ["cifar-100-binary", "cifar-100-python"])
-def test_cifar100_layouts_fine_labels_and_coarse_in_meta(tmp_path, layout):
-    truth = make_cifar100(tmp_path, layout, np.random.default_rng(2))
+@pytest.mark.parametrize(("layout", "keys"), CIFAR100_FORMS, ids=FORM_IDS)
+def test_cifar100_layouts_fine_labels_and_coarse_in_meta(tmp_path, layout, keys):
+    truth = make_cifar100(tmp_path, layout, np.random.default_rng(2), keys)
     src = open_source("cifar100", tmp_path)
     assert src.layout == layout
     assert len(src.classes) == 100 and src.classes[7] == "fine7"
@@ -253,6 +277,23 @@ def test_open_source_errors_name_the_problem(tmp_path):
         open_source("cifar10", tmp_path)
 
 
+def test_cifar_pickle_errors_name_the_file_and_the_fix(tmp_path):
+    make_cifar100(tmp_path, "cifar-100-python", np.random.default_rng(7), "str")
+    train = tmp_path / "cifar-100-python" / "train"
+    fix = "replace it with the file from the official download"
+    # A CIFAR-10 batch where CIFAR-100's train file belongs.
+    _pickle(train, {"data": np.zeros((1, 3072), np.uint8), "labels": [0]}, "str")
+    with pytest.raises(UserError, match=rf"train lacks 'fine_labels', 'coarse_labels': {fix}"):
+        open_source("cifar100", tmp_path)
+    train.write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match=rf"train is not a CIFAR python pickle \(invalid load key.*\): {fix}"):
+        open_source("cifar100", tmp_path)
+    with open(train, "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    with pytest.raises(UserError, match=rf"train holds a list, not a CIFAR python dict: {fix}"):
+        open_source("cifar100", tmp_path)
+
+
 def test_download_offline_is_a_user_error(tmp_path, monkeypatch):
     import urllib.error
 
@@ -266,22 +307,26 @@ def test_download_offline_is_a_user_error(tmp_path, monkeypatch):
         _convert("cifar10", tmp_path / "root", tmp_path / "out", download=True)
 
 
-def test_shipped_sample_is_what_make_sample_writes(tmp_path, cifar10_source):
-    import hashlib
-    import re
-
-    from fasttarget.demo import SAMPLE_SOURCE
-
-    repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(repo / "scripts" / "make_sample.py"), "--source", str(cifar10_source),
-                    "--out", str(tmp_path / "sample")], check=True, capture_output=True)
+def _sample_checksums() -> dict[str, str]:
+    """File name → SHA-256 as listed in the shipped sample's README."""
     readme = (SAMPLE_SOURCE.parent / "README.md").read_text()
-    sums = dict((name, digest) for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M))
+    return {name: digest for digest, name in re.findall(r"^([0-9a-f]{64})  (\S+)$", readme, re.M)}
+
+
+def test_shipped_sample_matches_its_readme():
+    sums = _sample_checksums()
     assert len(sums) == 7
     for name, digest in sums.items():
-        shipped = (SAMPLE_SOURCE / name).read_bytes()
-        assert hashlib.sha256(shipped).hexdigest() == digest, f"{name} differs from its README checksum"
-        assert (tmp_path / "sample" / "cifar-10-batches-bin" / name).read_bytes() == shipped, f"{name} is not reproducible"
+        assert hashlib.sha256((SAMPLE_SOURCE / name).read_bytes()).hexdigest() == digest, f"{name} differs"
     src = open_source("cifar10", SAMPLE_SOURCE)
     assert np.bincount(src.train.labels).tolist() == [500] * 10
     assert np.bincount(src.test.labels).tolist() == [100] * 10
+
+
+def test_make_sample_reproduces_the_shipped_sample(tmp_path, full_cifar10_source):
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "scripts" / "make_sample.py"), "--source", str(full_cifar10_source),
+                    "--out", str(tmp_path / "sample")], check=True, capture_output=True)
+    for name in _sample_checksums():
+        made = (tmp_path / "sample" / "cifar-10-batches-bin" / name).read_bytes()
+        assert made == (SAMPLE_SOURCE / name).read_bytes(), f"{name} is not reproducible"

@@ -220,9 +220,34 @@ def _read_records(files: list[Path], label_bytes: int) -> tuple[np.ndarray, np.n
     return records[:, :label_bytes].astype(np.int64), _cifar_pixels(records[:, label_bytes:])
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+def _unpickle(path: Path, *keys: str) -> dict[str, Any]:
+    """A CIFAR python pickle as a dict with str keys, checked to hold ``keys``.
+
+    The official files are Python 2 pickles: read with ``encoding="bytes"`` their keys and class
+    names are bytes, read the way torchvision does (``encoding="latin1"``) or written again by
+    Python 3 they are str. Both forms are accepted.
+
+    Raises:
+        UserError: the file is not a pickle, or lacks one of ``keys``.
+    """
+    fix = "replace it with the file from the official download"
+    try:
+        with open(path, "rb") as f:
+            loaded = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:  # what truncated or foreign files raise
+        raise UserError(f"{path} is not a CIFAR python pickle ({err}): {fix}") from err
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} holds a {type(loaded).__name__}, not a CIFAR python dict: {fix}")
+    entries = {k.decode() if isinstance(k, bytes) else k: v for k, v in loaded.items()}
+    missing = [k for k in keys if k not in entries]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(map(repr, missing))}: {fix}")
+    return entries
+
+
+def _names(names: list[bytes | str]) -> tuple[str, ...]:
+    """Class names from a pickle, bytes or str (see :func:`_unpickle`)."""
+    return tuple(n.decode() if isinstance(n, bytes) else n for n in names)
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -254,12 +279,12 @@ def _read_cifar10_bin(path: Path) -> Source:
 
 def _read_cifar10_py(path: Path) -> Source:
     def split(files: list[Path]) -> Split:
-        batches = [_unpickle(f) for f in files]
-        labels = np.concatenate([np.asarray(b[b"labels"], np.int64) for b in batches])
-        return Split(labels, images=_cifar_pixels(np.concatenate([b[b"data"] for b in batches])))
+        batches = [_unpickle(f, "data", "labels") for f in files]
+        labels = np.concatenate([np.asarray(b["labels"], np.int64) for b in batches])
+        return Split(labels, images=_cifar_pixels(np.concatenate([b["data"] for b in batches])))
 
     meta = path / "batches.meta"
-    classes = tuple(n.decode() for n in _unpickle(meta)[b"label_names"]) if meta.exists() else CIFAR10_CLASSES
+    classes = _names(_unpickle(meta, "label_names")["label_names"]) if meta.exists() else CIFAR10_CLASSES
     return Source("cifar10", "cifar-10-batches-py", path, classes,
                   split(_train_batches(path, "data_batch_[0-9]*")), split([path / "test_batch"]))
 
@@ -279,18 +304,18 @@ def _read_cifar100_bin(path: Path) -> Source:
 
 def _read_cifar100_py(path: Path) -> Source:
     def split(name: str) -> tuple[Split, list[int]]:
-        d = _unpickle(path / name)
-        fine = np.asarray(d[b"fine_labels"], np.int64)
-        return Split(fine, images=_cifar_pixels(d[b"data"])), list(d[b"coarse_labels"])
+        d = _unpickle(path / name, "data", "fine_labels", "coarse_labels")
+        fine = np.asarray(d["fine_labels"], np.int64)
+        return Split(fine, images=_cifar_pixels(d["data"])), list(d["coarse_labels"])
 
-    meta = _unpickle(path / "meta")
+    meta = _unpickle(path / "meta", "fine_label_names", "coarse_label_names")
     train, train_coarse = split("train")
     test, test_coarse = split("test")
     extra = {
-        "coarse_classes": [n.decode() for n in meta[b"coarse_label_names"]],
+        "coarse_classes": list(_names(meta["coarse_label_names"])),
         "coarse_labels": {"train": train_coarse, "test": test_coarse},
     }
-    classes = tuple(n.decode() for n in meta[b"fine_label_names"])
+    classes = _names(meta["fine_label_names"])
     return Source("cifar100", "cifar-100-python", path, classes, train, test, extra)
 
 
