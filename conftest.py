@@ -19,7 +19,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent
 CIFAR10_SOURCE = REPO_ROOT.parent / "shared" / "data" / "cifar-10-batches-bin"
-_MISSING = f"real CIFAR-10 not found at {CIFAR10_SOURCE}: put the official binary batches (cifar-10-batches-bin) there"
+_PUT_IT_THERE = f"put the official cifar-10-batches-bin folder at {CIFAR10_SOURCE}"
 
 
 def _has_real_cifar10() -> bool:
@@ -29,20 +29,20 @@ def _has_real_cifar10() -> bool:
 def pytest_sessionstart(session: pytest.Session) -> None:
     # CI must test on the real data: stop here with one line rather than fall back or skip silently.
     if os.environ.get("CI", "").lower() in ("1", "true", "yes") and not _has_real_cifar10():
-        raise pytest.UsageError(f"{_MISSING} (CI runs need the real data)")
+        raise pytest.UsageError(f"CI runs need the real CIFAR-10 and it is missing: {_PUT_IT_THERE}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     if _has_real_cifar10():
         return f"CIFAR-10: the real data at {CIFAR10_SOURCE}"
-    return f"CIFAR-10: the shipped sample; tests that need the full split skip ({_MISSING})"
+    return f"CIFAR-10: the shipped sample; tests that need the full split skip ({_PUT_IT_THERE})"
 
 
 @pytest.fixture(scope="session")
 def full_cifar10_source() -> Path:
     """The real CIFAR-10 in the official binary layout (50,000 / 10,000 images); skips without it."""
     if not _has_real_cifar10():
-        pytest.skip(f"needs the full CIFAR-10: {_MISSING}")
+        pytest.skip(f"needs the full CIFAR-10 (50,000/10,000 images): {_PUT_IT_THERE}")
     return CIFAR10_SOURCE
 
 
