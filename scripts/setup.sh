@@ -33,7 +33,7 @@ VPY=.venv/bin/python
 # Already installed with every extra we need? Then there is nothing to do.
 stamp=.venv/.fasttarget-setup
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]] && "$VPY" -c "import fasttarget, ffcv, kornia, pytest_benchmark, lightning" 2>/dev/null; then
+if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]] && "$VPY" -c "import fasttarget, ffcv, kornia, pytest_benchmark, lightning, ray, submitit" 2>/dev/null; then
   echo "setup: up to date"
   exit 0
 fi
@@ -43,6 +43,7 @@ fi
 if ! "$VPY" -c "import torch, torchvision" 2>/dev/null; then
   "$VPY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || "$VPY" -m pip install -q torch torchvision
 fi
-"$VPY" -m pip install -q -e ".[dev,lightning]"
+# ray and slurm: the sweep backends' tests run in the default test run.
+"$VPY" -m pip install -q -e ".[dev,lightning,ray,slurm]"
 echo "$want" > "$stamp"
 echo "setup: done ($("$VPY" -c 'import torch, ffcv, kornia; print("torch", torch.__version__, "kornia", kornia.__version__)'))"

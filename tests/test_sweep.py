@@ -1,8 +1,10 @@
 """Sweep: grid expansion, idempotence, resume after SIGKILL, failure isolation, pairing.
 
 The student, teacher and cache stages are replaced by small fakes that write the same
-files the real ones do (run directory, ladder checkpoints, cache file), so the executor's
-bookkeeping is tested in seconds; the real stages are covered by ``test_sweep_real``.
+files the real ones do (run directory, ladder checkpoints, cache file), so the driver's
+bookkeeping is tested in seconds; the dependency graph and retries are in
+``test_sweep_graph``, the Ray and SLURM backends in ``test_sweep_backends``, the real
+stages in ``test_sweep_smoke``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 from fasttarget.errors import UserError
 from fasttarget.results import ResultsIndex
 from fasttarget.sweep import (
+    BackendConfig,
     RunRequest,
     Stages,
     SweepConfig,
@@ -31,7 +34,7 @@ from fasttarget.sweep import (
 
 TINY = {
     "name": "tiny",
-    "data": {"dir": "unused-by-fakes"},
+    "data": {"source": "unused-by-fakes"},
     "student": {"eval_every": 5, "seeds": [0, 1]},
     "teacher": {"max_steps": 100},
     "grid": [
@@ -91,11 +94,13 @@ def fake_cache(req) -> None:
     req.out_file.write_text(f"logits of {req.teacher}")
 
 
-def fake_data(cfg, out) -> Path:
-    return out / "data"
+def fake_data(req) -> None:
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    (req.out_dir / "meta.json").write_text(json.dumps({"splits": {"train": {"class_counts": [5000] * 10}}}))
 
 
 FAKES = Stages(prepare_data=fake_data, train_ladder=fake_ladder, build_cache=fake_cache, train_student=fake_train)
+INLINE = BackendConfig(workers=1)  # in this process: the Recorder's closures need no pickling
 
 
 class Recorder:
@@ -183,7 +188,7 @@ def test_toml_presets_parse():
 
 def test_dry_run_describes_without_writing(tmp_path):
     text = describe_plan(_cfg(), tmp_path / "out")
-    assert "20 new" in text and "teacher ladder stdaug: 30%, 50% (to train)" in text
+    assert "20 new" in text and "teacher ladder stdaug (30%, 50%): to run" in text
     assert not (tmp_path / "out").exists()
 
 
@@ -192,7 +197,7 @@ def test_dry_run_describes_without_writing(tmp_path):
 
 def test_sweep_runs_everything_then_is_idempotent(tmp_path):
     rec = Recorder()
-    summary = run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    summary = run_sweep(_cfg(), tmp_path, INLINE, stages=rec.stages())
     assert summary.counts == {"done": 20} and not summary.failed
     assert len(rec.runs) == 20 and len(rec.ladders) == 1 and len(rec.caches) == 2
     # C runs read the cache of their own teacher, B runs the teacher checkpoint itself.
@@ -207,37 +212,42 @@ def test_sweep_runs_everything_then_is_idempotent(tmp_path):
     assert [e.step for e in index.evals(row.run_id)] == [5, 10, 15, 20]
     assert row.final_acc == pytest.approx(0.1 + 0.2 + 0.05 + 0.05 + 0.001)  # percent → fraction
     assert (tmp_path / "results.csv").read_text().count("\n") == 21
+    # Workers may mount the sweep elsewhere: the index holds paths relative to its root only.
+    assert row.run_dir == f"runs/{row.run_id}"
+    assert str(tmp_path) not in (tmp_path / "results.csv").read_text()
+    assert str(tmp_path) not in (tmp_path / "teachers" / "stdaug" / "rungs.json").read_text()
+    assert {u.kind for u in index.units(status="done")} == {"data", "ladder", "cache", "run"}
 
     again = Recorder()
-    summary = run_sweep(_cfg(), tmp_path, stages=again.stages())
+    summary = run_sweep(_cfg(), tmp_path, INLINE, stages=again.stages())
     assert summary.counts == {"done": 20}
     assert again.runs == [] and again.ladders == [] and again.caches == []
 
 
 def test_failing_run_is_recorded_and_the_rest_go_on(tmp_path):
     cfg = _cfg(student_augs=["stdaug", "boom"], strategies=["A"])
-    summary = run_sweep(cfg, tmp_path, stages=FAKES)
+    summary = run_sweep(cfg, tmp_path, INLINE, stages=FAKES)
     assert summary.counts == {"done": 4, "failed": 4}
     index = ResultsIndex(tmp_path / "results.sqlite")
     failed = index.runs(status="failed")
     assert {r.student_aug for r in failed} == {"boom"}
     assert all(r.error == "RuntimeError: synthetic failure" for r in failed)
-    assert "Traceback" in (Path(failed[0].run_dir) / "error.txt").read_text()
-    # A second invocation retries the failed runs only.
+    assert "Traceback" in (tmp_path / failed[0].run_dir / "error.txt").read_text()
+    # A second invocation retries the failed runs only (twice each: the first try and one retry).
     rec = Recorder()
-    run_sweep(cfg, tmp_path, stages=rec.stages())
-    assert sorted(r.spec.student_aug for r in rec.runs) == ["boom"] * 4
+    run_sweep(cfg, tmp_path, INLINE, stages=rec.stages())
+    assert sorted(r.spec.student_aug for r in rec.runs) == ["boom"] * 8
 
 
 def test_missing_teacher_fails_only_its_runs(tmp_path):
-    summary = run_sweep(_cfg(teacher_accuracies=[0.3, 0.7]), tmp_path, stages=FAKES)
+    summary = run_sweep(_cfg(teacher_accuracies=[0.3, 0.7]), tmp_path, INLINE, stages=FAKES)
     assert summary.counts == {"done": 12, "failed": 8}
     assert all("teacher stdaug 70% was not reached" in e for e in summary.failed.values())
     manifest = json.loads((tmp_path / "teachers" / "stdaug" / "rungs.json").read_text())
     assert manifest["missed"] == ["0.7"]
     # Same teacher settings: the missed rung is settled, the ladder is not retrained.
     rec = Recorder()
-    run_sweep(_cfg(teacher_accuracies=[0.3, 0.7]), tmp_path, stages=rec.stages())
+    run_sweep(_cfg(teacher_accuracies=[0.3, 0.7]), tmp_path, INLINE, stages=rec.stages())
     assert rec.ladders == [] and rec.runs == []
 
 
@@ -252,7 +262,7 @@ def test_resume_after_sigkill(tmp_path):
         train = functools.partial(t.fake_train, kill_at=({victim.run_id!r}, 10))
         stages = Stages(prepare_data=t.fake_data, train_ladder=t.fake_ladder,
                         build_cache=t.fake_cache, train_student=train)
-        run_sweep(t._cfg(), {str(tmp_path)!r}, stages=stages)
+        run_sweep(t._cfg(), {str(tmp_path)!r}, t.INLINE, stages=stages)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -261,7 +271,7 @@ def test_resume_after_sigkill(tmp_path):
     index.close()
 
     rec = Recorder()
-    summary = run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    summary = run_sweep(_cfg(), tmp_path, INLINE, stages=rec.stages())
     assert summary.counts == {"done": 20}
     trained = [r.spec.run_id for r in rec.runs]
     assert trained == [r.run_id for r in plan.runs[2:]]  # the first two were not redone
@@ -271,14 +281,14 @@ def test_resume_after_sigkill(tmp_path):
 
 
 def test_two_worker_processes(tmp_path):
-    summary = run_sweep(_cfg(strategies=["A", "B"]), tmp_path, workers=2, stages=FAKES)
+    summary = run_sweep(_cfg(strategies=["A", "B"]), tmp_path, BackendConfig(workers=2), stages=FAKES)
     assert summary.counts == {"done": 12}
     assert len(list((tmp_path / "runs").glob("*/final.json"))) == 12
 
 
 def test_paired_runs_share_seed_and_subset(tmp_path):
     rec = Recorder()
-    run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    run_sweep(_cfg(), tmp_path, INLINE, stages=rec.stages())
     groups: dict[tuple, list[RunRequest]] = {}
     for req in rec.runs:
         s = req.spec
@@ -298,7 +308,7 @@ def test_paired_train_configs_differ_only_in_targets(tmp_path):
     from fasttarget.sweep import train_config
 
     rec = Recorder()
-    run_sweep(_cfg(), tmp_path, stages=rec.stages())
+    run_sweep(_cfg(), tmp_path, INLINE, stages=rec.stages())
     groups: dict[tuple, list[dict]] = {}
     for req in rec.runs:
         s = req.spec
@@ -319,7 +329,7 @@ def test_batch_capped_at_small_subsets(tmp_path):
     data["data"] = {"dir": str(tmp_path / "data")}
     data["grid"][0].update(strategies=["A"], ipc=[10, 50])
     rec = Recorder()
-    run_sweep(SweepConfig.from_dict(data), tmp_path, stages=rec.stages())
+    run_sweep(SweepConfig.from_dict(data), tmp_path, INLINE, stages=rec.stages())
     assert sorted({(r.spec.ipc, r.batch_size) for r in rec.runs}) == [(10, 20), (50, 100)]
     assert ResultsIndex(tmp_path / "results.sqlite").meta("dataset_ipc") == 60
 

@@ -10,7 +10,13 @@ they can be queried without walking the tree:
   final accuracy of the classifier h (and of the soft head g);
 - ``evals``: one row per evaluation of a run (``step``, ``images_seen``, ``test_acc_h``,
   ``test_acc_g``, ``loss``, ``img_per_s``, ``wall_s``);
+- ``units``: one row per unit of work (dataset conversion, teacher ladder, cache, run):
+  its ``kind``, ``status``, ``attempts`` made by the last invocation and the error of the last
+  failed one — where a failed ladder or cache is recorded;
 - ``meta``: key/value pairs (the sweep configuration as JSON, the step budgets).
+
+Paths (``run_dir``) are relative to the sweep directory: workers on other machines may see it
+mounted elsewhere.
 
 Accuracies are stored as fractions in ``[0, 1]``; ``metrics.jsonl`` written in percent is
 converted on the way in, so queries never have to guess the unit.
@@ -114,6 +120,19 @@ class EvalRow:
     wall_s: float | None = None
 
 
+@dataclass(frozen=True)
+class UnitRow:
+    """One unit of work of a sweep (``data:convert``, ``ladder:<aug>``, ``cache:…``, ``run:<run_id>``)."""
+
+    key: str
+    kind: str
+    status: str
+    attempts: int = 0
+    error: str | None = None
+    wall_s: float | None = None
+    updated_at: str | None = None
+
+
 def subset_label(ipc: int | None, fraction: float | None) -> str:
     """``full``, ``ipc<N>`` or ``frac<F>``: the subset part of a run id and of table captions."""
     if ipc is not None:
@@ -171,6 +190,7 @@ class ResultsIndex:
         self._db = sqlite3.connect(self.path)
         self._db.execute(_create_sql("runs", RunRow, "run_id"))
         self._db.execute(_create_sql("evals", EvalRow, "run_id, step"))
+        self._db.execute(_create_sql("units", UnitRow, "key"))
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._db.commit()
 
@@ -194,12 +214,21 @@ class ResultsIndex:
         if row.status not in STATUSES:
             raise ValueError(f"unknown status {row.status!r}")
         values = asdict(row)
-        values["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        values["updated_at"] = _now()
         cols = list(values)
         self._db.execute(
             f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
             [values[c] for c in cols],
         )
+        self._db.commit()
+
+    def upsert_unit(self, row: UnitRow) -> None:
+        """Insert or replace one unit row (stamping ``updated_at``)."""
+        if row.status not in STATUSES:
+            raise ValueError(f"unknown status {row.status!r}")
+        values = {**asdict(row), "updated_at": _now()}
+        self._db.execute(f"INSERT OR REPLACE INTO units ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                         list(values.values()))
         self._db.commit()
 
     def replace_evals(self, run_id: str, evals: Iterable[EvalRow]) -> None:
@@ -256,6 +285,16 @@ class ResultsIndex:
             out.setdefault(row.run_id, []).append(row)
         return out
 
+    def units(self, **where: Any) -> list[UnitRow]:
+        """Units whose columns equal the given values, by key."""
+        unknown = set(where) - set(_columns(UnitRow))
+        if unknown:
+            raise ValueError(f"unknown column(s) {sorted(unknown)}")
+        sql = "SELECT * FROM units" + (" WHERE " + " AND ".join(f"{c} = ?" for c in where) if where else "")
+        cur = self._db.execute(sql + " ORDER BY key", list(where.values()))
+        names = [d[0] for d in cur.description]
+        return [UnitRow(**dict(zip(names, r))) for r in cur.fetchall()]
+
     def status_counts(self) -> dict[str, int]:
         cur = self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status")
         return dict(cur.fetchall())
@@ -273,6 +312,10 @@ class ResultsIndex:
                     [getattr(run, c) for c in cols]
                     + [" ".join(str(e.step) for e in ev), " ".join(f"{e.test_acc_h:.4f}" for e in ev)]
                 )
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read_run_dir(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

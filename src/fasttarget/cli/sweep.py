@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fasttarget.sweep import SweepConfig, default_workers, describe_plan, run_sweep
+from fasttarget.sweep import BACKENDS, BackendConfig, SlurmSettings, SweepConfig, describe_plan, run_sweep
 
 
 def register(app: typer.Typer) -> None:
@@ -16,25 +17,67 @@ def register(app: typer.Typer) -> None:
 
 
 def sweep(
-    config: Path = typer.Argument(..., help="Sweep configuration (TOML), e.g. configs/cpu-small.toml."),
-    out: Path = typer.Option(..., "--out", help="Sweep directory (created; an existing one is resumed)."),
+    config: Path = typer.Argument(..., help="Sweep configuration (TOML), e.g. configs/smoke.toml."),
+    out: Path = typer.Option(..., "--out", help="Sweep directory (created; an existing one is resumed). "
+                             "On a cluster: storage every worker sees."),
+    backend: str = typer.Option("local", "--backend", help=f"Where units run: {', '.join(BACKENDS)}."),
     workers: Optional[int] = typer.Option(
-        None, "--workers", min=1, help="Runs trained at once, in processes (default: one per visible GPU, else 1)."
-    ),
+        None, "--workers", help="local: worker processes (default: one per visible GPU, else CPU cores / "
+        "[resources.run] num_cpus; 1 runs units in this process). slurm: most jobs at once."),
+    retries: int = typer.Option(1, "--retries", help="Attempts after the first before a failing unit is recorded failed."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to join (default: `auto` if one is running, else a local Ray)."),
+    slurm_partition: Optional[str] = typer.Option(None, "--slurm-partition", help="SLURM partition of every job."),
+    slurm_account: Optional[str] = typer.Option(None, "--slurm-account", help="SLURM account charged."),
+    slurm_gpus_per_task: Optional[int] = typer.Option(
+        None, "--slurm-gpus-per-task", help="GPUs of each GPU unit's job (default: its num_gpus rounded up)."),
+    slurm_time: Optional[str] = typer.Option(
+        None, "--slurm-time", help="Time limit of each job: minutes, H:MM:SS or D-HH:MM:SS (default 4:00:00)."),
+    slurm_cluster: Optional[str] = typer.Option(
+        None, "--slurm-cluster", help="slurm (default), or local: submitit's local executor, jobs as processes here."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what would run) and exit."),
 ) -> None:
     """Train every run of a grid (teachers and caches once, shared); resumable and idempotent."""
+    from fasttarget.errors import UserError
+
+    if retries < 0:
+        raise UserError(f"--retries must be ≥ 0, got {retries}")
+    slurm_given = {k: v for k, v in dict(partition=slurm_partition, account=slurm_account,
+                                         gpus_per_task=slurm_gpus_per_task, time=slurm_time,
+                                         cluster=slurm_cluster).items() if v is not None}
+    slurm = SlurmSettings(**slurm_given) if slurm_given or backend == "slurm" else None
+    backend_cfg = BackendConfig(kind=backend, workers=workers, ray_address=ray_address, slurm=slurm)
     cfg = SweepConfig.from_toml(config)
     if dry_run:
         typer.echo(describe_plan(cfg, out))
         return
-    summary = run_sweep(cfg, out, workers=workers or default_workers(cfg), log=typer.echo)
+    summary = _run_with_bar(cfg, out, backend_cfg, retries)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     typer.echo(f"sweep {cfg.name}: {counts}; index {out / 'results.sqlite'}, table {out / 'results.csv'}")
     for run_id, error in summary.failed.items():
         typer.echo(f"  failed {run_id}: {error}", err=True)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _run_with_bar(cfg: SweepConfig, out: Path, backend: BackendConfig, retries: int):
+    """Run the sweep with one line per unit on stdout and an overall bar (units, ETA) on stderr."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="unit", desc="sweep", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def log(line: str) -> None:
+        tqdm.write(line, file=sys.stdout)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        return run_sweep(cfg, out, backend=backend, retries=retries, log=log, progress=progress)
+    finally:
+        bar.close()
 
 
 def report(
