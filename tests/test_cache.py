@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from fasttarget.cache import (
     _resumable_rows,
     build_cache,
     partial_path,
+    verified_path,
 )
 from fasttarget.cli import main
 from fasttarget.dataset import DatasetMeta, read_split
@@ -145,21 +147,67 @@ def test_open_refuses_missing_unfinished_and_foreign_files(built, tmp_path):
         TargetCache.open(tmp_path / "chunked.h5")
 
 
-def test_corrupted_logits_fail_verification_and_inspect_exits_2(built, tmp_path, monkeypatch, capsys):
-    sample_dir, _, teacher, out = built
-    code, stdout, _ = run_cli(monkeypatch, capsys, "cache", "inspect", out, "--data", sample_dir, "--teacher", teacher)
-    assert code == 0 and "checksum: ok" in stdout and "teacher_sha256" in stdout
-    bad = shutil.copy(out, tmp_path / "bad.h5")
-    cache = TargetCache.open(bad)
-    offset = cache.logits.offset
-    with open(bad, "r+b") as fh:  # flip one stored logit
+def flip_logit_byte(path) -> None:
+    """Flip one bit of one stored logit, in place."""
+    offset = TargetCache.open(path, verify=False).logits.offset
+    with open(path, "r+b") as fh:
         fh.seek(offset + 7)
         byte = fh.read(1)
         fh.seek(offset + 7)
         fh.write(bytes([byte[0] ^ 0x40]))
-    assert not TargetCache.open(bad).verify()
+
+
+def test_corrupted_logits_are_refused_on_open_and_by_inspect(built, tmp_path, monkeypatch, capsys):
+    sample_dir, _, teacher, out = built
+    code, stdout, _ = run_cli(monkeypatch, capsys, "cache", "inspect", out, "--data", sample_dir, "--teacher", teacher)
+    assert code == 0 and "checksum: ok" in stdout and "teacher_sha256" in stdout
+    bad = shutil.copy(out, tmp_path / "bad.h5")
+    flip_logit_byte(bad)
+    assert not TargetCache.open(bad, verify=False).verify()
+    with pytest.raises(UserError, match="checksum does not match.*fasttarget cache build"):
+        TargetCache.open(bad)  # what build_targets, and so `fasttarget train --strategy C`, calls
     code, _, stderr = run_cli(monkeypatch, capsys, "cache", "inspect", bad)
     assert code == 2 and stderr.count("\n") == 1 and "checksum does not match" in stderr
+
+
+def test_a_verification_is_recorded_and_a_changed_file_is_hashed_again(built, tmp_path, monkeypatch):
+    sample_dir, _, teacher, _ = built
+    out = tmp_path / "targets.h5"
+    build_cache(CacheBuildConfig(sample_dir, teacher, out, batch_size=BUILD_BATCH, progress=False))
+    assert verified_path(out).is_file()  # the build hashed what it wrote
+    hashed = []
+    real_sha256_rows = fasttarget.cache._sha256_rows
+    monkeypatch.setattr(fasttarget.cache, "_sha256_rows", lambda a: hashed.append(1) or real_sha256_rows(a))
+
+    TargetCache.open(out)
+    assert len(hashed) == 1  # recorded less than RECORD_MARGIN_NS after the file changed: not trusted yet
+    monkeypatch.setattr(fasttarget.cache, "RECORD_MARGIN_NS", 0)  # as if that record were old
+    TargetCache.open(out)
+    TargetCache.open(out)
+    assert len(hashed) == 1  # the record answered
+    assert TargetCache.open(out, verify=False).verify() and len(hashed) == 2  # an explicit verify hashes
+
+    moved = tmp_path / "copy"  # copied along with its record (times kept): another file, hashed again
+    moved.mkdir()
+    shutil.copy2(verified_path(out), verified_path(moved / out.name))
+    shutil.copy2(out, moved / out.name)
+    TargetCache.open(moved / out.name)
+    assert len(hashed) == 3
+
+    flip_logit_byte(out)  # in place: same size and inode, new mtime/ctime
+    with pytest.raises(UserError, match="checksum does not match"):
+        TargetCache.open(out)
+    assert len(hashed) == 4 and not verified_path(out).exists()
+
+
+def test_a_write_right_after_a_verification_is_not_missed(built, tmp_path):
+    """A flip within the file system's timestamp tick of the build leaves the times as recorded."""
+    sample_dir, _, teacher, _ = built
+    out = tmp_path / "targets.h5"
+    build_cache(CacheBuildConfig(sample_dir, teacher, out, batch_size=BUILD_BATCH, progress=False))
+    flip_logit_byte(out)
+    with pytest.raises(UserError, match="checksum does not match"):
+        TargetCache.open(out)
 
 
 def test_cli_refusals_are_one_line_exit_2(built, tmp_path, monkeypatch, capsys):
@@ -248,7 +296,8 @@ def test_cuda_gather_equals_host_gather(tmp_path, monkeypatch, device_table):
     logits = np.random.default_rng(0).standard_normal((5000, 10)).astype(np.float16)
     with h5py.File(tmp_path / "t.h5", "w") as f:  # a hand-made cache: no ffcv on some GPU machines
         f["logits"] = logits
-        f.attrs.update({"format": CACHE_FORMAT, "format_version": FORMAT_VERSION})
+        f.attrs.update({"format": CACHE_FORMAT, "format_version": FORMAT_VERSION,
+                        "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest()})
     if not device_table:
         monkeypatch.setattr(fasttarget.cache, "DEVICE_TABLE_BYTES", 0)
     cache = TargetCache.open(tmp_path / "t.h5")

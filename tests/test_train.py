@@ -1,5 +1,6 @@
 """Student runs: the run directory, Strategy C's automatic cache, kill-and-resume equality, CLI errors."""
 
+import contextlib
 import json
 import os
 import signal
@@ -32,8 +33,8 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     return exit_info.value.code or 0, capsys.readouterr().err
 
 
-def make_teacher(path: Path, meta) -> Path:
-    torch.manual_seed(1)
+def make_teacher(path: Path, meta, seed: int = 1) -> Path:
+    torch.manual_seed(seed)
     net = build_classifier(ModelConfig(width=0.125, num_classes=meta.num_classes))
     return save_classifier(path, net, CheckpointInfo(net.config, 0.1, meta.fingerprint, meta.mean, meta.std))
 
@@ -53,6 +54,16 @@ def metrics(run: Path, drop=TIMING) -> list[dict]:
     (["--strategy", "A", "--eval-every", "10", "--checkpoint-every", "15"], "multiple of --eval-every"),
     (["--strategy", "B", "--teacher", "missing.pt"], "does not exist"),
     (["--strategy", "A"], "is not a converted dataset"),
+    (["--strategy", "A", "--lr", "-1"], "--lr must be a positive number, got -1.0"),
+    (["--strategy", "A", "--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--strategy", "A", "--weight-decay", "-0.1"], "--weight-decay must be a number, 0 or more, got -0.1"),
+    (["--strategy", "A", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--strategy", "A", "--eval-every", "0"], "--eval-every must be at least 1, got 0"),
+    (["--strategy", "A", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--strategy", "A", "--temperature", "0"], "--temperature must be a positive number, got 0.0"),
+    (["--strategy", "A", "--seed", "-1"], "--seed must be 0 or more, got -1"),
+    (["--strategy", "A", "--width", "0"], "--width must be in (0, 8], got 0.0"),
+    (["--strategy", "A", "--resume", "--force"], "pass one of them"),
 ])
 def test_bad_flag_combinations_exit_2(tmp_path, monkeypatch, capsys, args, message):
     code, err = run_cli(monkeypatch, capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", *args)
@@ -82,6 +93,25 @@ def test_cache_of_another_dataset_is_refused_with_exit_2(sample_dir, tmp_path, m
     code, err = run_cli(monkeypatch, capsys, "train", "--data", sample_dir, "--out", tmp_path / "run",
                         "--strategy", "C", "--cache", cache, "--steps", "2", *QUICK)
     assert code == 2 and "dataset fingerprint" in err and "another dataset" in err
+
+
+def test_a_corrupted_cache_is_refused_before_training(sample_dir, tmp_path, monkeypatch, capsys):
+    from fasttarget.cache import CacheBuildConfig, TargetCache, build_cache
+    from fasttarget.dataset import DatasetMeta
+
+    teacher = make_teacher(tmp_path / "teacher.pt", DatasetMeta.load(sample_dir))
+    cache = build_cache(CacheBuildConfig(data=sample_dir, teacher=teacher, out=tmp_path / "t.h5", device="cpu",
+                                         progress=False)).path
+    offset = TargetCache.open(cache).logits.offset
+    with open(cache, "r+b") as fh:  # flip a bit of one stored logit
+        fh.seek(offset + 100)
+        byte = fh.read(1)[0]
+        fh.seek(offset + 100)
+        fh.write(bytes([byte ^ 0x08]))
+    code, err = run_cli(monkeypatch, capsys, "train", "--data", sample_dir, "--out", tmp_path / "run",
+                        "--strategy", "C", "--cache", cache, "--steps", "2", *QUICK)
+    assert code == 2 and err.count("\n") == 1 and "logits checksum does not match" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_strategies_write_the_run_directory_and_c_builds_its_cache_once(sample_dir, tmp_path, one_thread):
@@ -157,38 +187,47 @@ def test_killed_run_resumes_to_the_same_metrics(sample_dir, tmp_path):
 
 
 @pytest.mark.gpu
-def test_full_width_student_step_throughput_on_cuda():
-    """Full-width ResNet-18 student, separation loss, compile + bf16 + channels_last, batch 512."""
+def test_compiled_bf16_student_step_beats_eager_and_reaches_60k_img_s_on_h200():
+    """Full-width ResNet-18 student, separation loss, batch 512: ``prepare_model``'s compile + bf16 +
+    channels_last step against the eager float32 one on any GPU; the issue's 60k img/s goal on an H200."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from fasttarget.losses import build_student, hard_targets, loss_terms
     from fasttarget.train import autocast, build_optimizer, prepare_model
 
     device = torch.device("cuda")
-    student, forward = prepare_model(build_student(ModelConfig(width=1.0), "separation"), device, compile=True)
-    optimizer = build_optimizer(student, 1e-3, 0.01)
     images = torch.randn(512, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (512,), device=device)
     soft = torch.softmax(torch.randn(512, 10, device=device), 1)
     hard = hard_targets(labels, 10)
 
-    def step():
-        with autocast(device):
-            g, h = forward(images)
-        loss = loss_terms(g, h, soft, hard, 2.0)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def img_per_s(fast: bool) -> float:
+        student, forward = prepare_model(build_student(ModelConfig(width=1.0), "separation"), device, compile=fast)
+        optimizer = build_optimizer(student, 1e-3, 0.01)
 
-    for _ in range(15):  # absorbs compilation and autotuning
-        step()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    steps = 50
-    start.record()
-    for _ in range(steps):
-        step()
-    end.record()
-    torch.cuda.synchronize()
-    img_per_s = steps * 512 / (start.elapsed_time(end) / 1000)
-    print(f"full-width ResNet-18 student step, batch 512, compile+bf16: {img_per_s:,.0f} img/s")
-    assert img_per_s >= 60_000
+        def step():
+            with autocast(device) if fast else contextlib.nullcontext():
+                g, h = forward(images)
+            loss = loss_terms(g, h, soft, hard, 2.0)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        for _ in range(15):  # absorbs compilation and autotuning
+            step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        steps = 50
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        return steps * 512 / (start.elapsed_time(end) / 1000)
+
+    fast, eager = img_per_s(fast=True), img_per_s(fast=False)
+    name = torch.cuda.get_device_name()
+    print(f"full-width ResNet-18 student step, batch 512 on {name}: compile+bf16 {fast:,.0f} img/s, "
+          f"eager float32 {eager:,.0f} img/s")
+    assert fast > eager, "compile + bf16 should beat the eager float32 step"
+    if "H200" in name:
+        assert fast >= 60_000

@@ -237,19 +237,41 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     if not path.is_file():
         raise UserError(f"teacher checkpoint {path} does not exist: train one with `fasttarget teacher`")
+    fix = "pass a checkpoint written by `fasttarget teacher`"
+    payload = read_checkpoint(path, CHECKPOINT_FORMAT, fix)
+    try:
+        raw = dict(payload["info"])
+        raw["model"] = ModelConfig(**raw["model"])
+        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+        info = CheckpointInfo(**raw)
+        net = build_classifier(info.model)
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path} does not hold what its format says ({err.__class__.__name__}): {fix}") from err
+    return net.to(device).eval(), info
+
+
+def read_checkpoint(path: Path, expected_format: str, fix: str) -> dict[str, Any]:
+    """Load a fasttarget checkpoint file of a given ``format`` (on the CPU).
+
+    Args:
+        path: the file.
+        expected_format: the ``"format"`` entry it must have (:data:`CHECKPOINT_FORMAT`, a run's checkpoint).
+        fix: the end of the message when it is refused, what the user can do about it.
+
+    Raises:
+        UserError: the file cannot be unpickled (truncated, corrupted, not a torch file) or is
+            another kind of checkpoint; one line naming the file and ``fix``.
+    """
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which, not a pickle traceback
-        raise UserError(f"{path} is not a readable fasttarget checkpoint ({err.__class__.__name__})") from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not a fasttarget model checkpoint (format {CHECKPOINT_FORMAT})")
-    raw = dict(payload["info"])
-    raw["model"] = ModelConfig(**raw["model"])
-    raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-    info = CheckpointInfo(**raw)
-    net = build_classifier(info.model)
-    net.load_state_dict(payload["state_dict"])
-    return net.to(device).eval(), info
+    except Exception as err:  # unpickling a damaged file can raise nearly anything: say what, not a traceback
+        raise UserError(f"{path} is not a readable checkpoint ({err.__class__.__name__}: truncated or corrupted): "
+                        f"{fix}") from err
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise UserError(f"{path} is not a {expected_format} checkpoint (found {found!r}): {fix}")
+    return payload
 
 
 def file_sha256(path: str | Path) -> str:

@@ -13,15 +13,23 @@ run directory of ``docs/design.md``:
 - ``checkpoints/last.pt``: student, optimizer, RNG states and loader position;
 - ``final.json``: ``{"status": "done", "step", "test_acc_h", "test_acc_g", "wall_s"}``.
 
+One process writes a run directory at a time: :func:`train` holds ``.lock`` in it
+(:func:`fasttarget.locking.exclusive_lock`) from start to end, and a second ``train`` on the
+same ``out`` refuses at once. Holding it, a run removes the temporary files a killed one left.
+
 Resume: the loader's batch ``k`` of epoch ``e`` depends only on ``(seed, e, k)``, and the
 checkpoint holds everything else that evolves (weights, BatchNorm statistics, AdamW
 moments, RNG states), so a run killed at any moment and resumed writes the same
 ``metrics.jsonl`` on CPU as an uninterrupted one (``img_per_s`` and ``wall_s`` aside).
-Evaluations after the last checkpoint are dropped and recomputed.
+Evaluations after the last checkpoint are dropped and recomputed. What is compared on resume
+is what the run is (its settings, and its dataset, teacher and cache by content), not where
+anything lives, so a run directory that was moved or copied resumes.
 
 Distributed: start under ``torchrun``; the caller initializes the process group
 (:func:`init_distributed`). ``batch_size`` stays the global batch, each rank trains on
-its share of every step's batch, and only rank 0 writes.
+its share of every step's batch (rank ``r`` of ``W`` takes rows ``r, r+W, …`` of the
+single-process batch), only rank 0 writes, and the logged losses are means over the whole
+global batch.
 
 Example:
     >>> cfg = TrainConfig(data="data/cifar10", out="runs/a", strategy="A", width=0.25, steps=500)
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -47,17 +56,22 @@ import torch.distributed as dist
 from torch import nn
 
 from fasttarget.errors import UserError
+from fasttarget.locking import exclusive_lock
 from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
-from fasttarget.models import ARCHS, ModelConfig, _unwrap, file_sha256
+from fasttarget.models import ModelConfig, _unwrap, file_sha256, read_checkpoint
 from fasttarget.targets import STRATEGIES
 
 RUN_FORMAT = "fasttarget-run/1"
 CHECKPOINT = Path("checkpoints") / "last.pt"
+# What `--force` deletes: the files a run writes (the lock is held meanwhile).
+RUN_FILES = (Path("config.json"), Path("metrics.jsonl"), Path("final.json"), CHECKPOINT)
+LOCK_FILE = ".lock"
 TERMS = ("loss_b", "loss_h", "loss")
 # Host syncs for the progress bar happen this often (a sync per step would stall CUDA).
 BAR_EVERY = 10
-# Fields that may differ between a run and its resumption: they change how, not what, is trained.
-_RUNTIME_FIELDS = ("resume", "progress", "device", "compile")
+# Fields that may differ between a run and its resumption: where its inputs and outputs live (the
+# inputs are compared by content instead, see _SETTINGS) and how, not what, it trains.
+_WHERE_AND_HOW = ("out", "data", "teacher", "cache", "resume", "force", "progress", "device", "compile")
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,7 @@ class TrainConfig:
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         compile: ``torch.compile`` the student; ``None`` = on CUDA only.
         resume: continue the run in ``out`` from its last checkpoint (a fresh start if it has none).
+        force: start over: delete the run already in ``out`` (its :data:`RUN_FILES`) first.
         progress: show a progress bar.
     """
 
@@ -111,6 +126,7 @@ class TrainConfig:
     device: str | None = None
     compile: bool | None = None
     resume: bool = False
+    force: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -132,19 +148,21 @@ class TrainConfig:
             raise UserError("strategy C needs --cache FILE or --teacher CKPT (the cache is then built next to it)")
         if self.loss not in LOSSES:
             raise UserError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
-        for name in ("steps", "eval_every", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        ModelConfig(arch=self.arch, width=self.width)  # validates
+        check_hyperparameters(self.lr, self.weight_decay, steps=self.steps, eval_every=self.eval_every,
+                              batch_size=self.batch_size)
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if self.checkpoint_every < 1 or self.checkpoint_every % self.eval_every:
             raise UserError(f"--checkpoint-every ({self.checkpoint_every}) must be a positive multiple of "
                             f"--eval-every ({self.eval_every}): resume restarts at an evaluation")
         training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be positive, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UserError(f"--temperature must be a positive number, got {self.temperature}")
         if self.device not in (None, "cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.resume and self.force:
+            raise UserError("--resume continues the run in --out and --force deletes it: pass one of them")
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON-ready values (paths as strings)."""
@@ -152,6 +170,28 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- pieces shared with the teacher ladder
+
+
+def check_hyperparameters(lr: float, weight_decay: float, **counts: int) -> None:
+    """Refuse optimizer settings and counts that no run can train with.
+
+    One check for every config that trains (:class:`TrainConfig`, the teacher ladder's).
+
+    Args:
+        lr: AdamW's learning rate: a finite number above 0.
+        weight_decay: AdamW's decoupled weight decay: a finite number, 0 or more.
+        counts: step and batch counts by their field name (``steps=1000``), each at least 1.
+
+    Raises:
+        UserError: the first bad value, named by its command-line flag.
+    """
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a positive number, got {lr}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UserError(f"--weight-decay must be a number, 0 or more, got {weight_decay}")
+    for name, value in counts.items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -350,17 +390,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _temporary(path: Path) -> Path:
+    """Where an atomic write of ``path`` goes first (a kill can leave it behind: see _remove_temporaries)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name, then rename: a kill never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path)
     torch.save(obj, tmp)
     tmp.replace(path)
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write a JSON file atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary(path)
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     tmp.replace(path)
 
@@ -389,17 +434,23 @@ def _ensure_cache(cfg: TrainConfig, meta, device: torch.device, progress: bool) 
     return path
 
 
-def _resolved(cfg: TrainConfig, meta, cache: Path | None, device: torch.device, compile: bool) -> dict[str, Any]:
-    """``config.json``: the config plus what it resolved to."""
-    teacher_sha = file_sha256(cfg.teacher) if cfg.teacher else None
+def _resolved(cfg: TrainConfig, meta, device: torch.device, compile: bool) -> dict[str, Any]:
+    """``config.json``: the config (paths made absolute) plus what it resolved to.
+
+    Strategy C's ``cache``, ``cache_sha256`` and ``teacher_sha256`` are added once its cache is
+    open (:func:`_cache_identity`).
+    """
+    paths = {name: str(getattr(cfg, name).absolute()) if getattr(cfg, name) else None
+             for name in ("data", "out", "teacher", "cache")}
     return {
         "format": RUN_FORMAT,
         **cfg.to_json(),
-        "cache": str(cache) if cache else None,
+        **paths,
         "num_classes": meta.num_classes,
         "dataset": meta.dataset,
         "dataset_fingerprint": meta.fingerprint,
-        "teacher_sha256": teacher_sha,
+        "teacher_sha256": file_sha256(cfg.teacher) if cfg.teacher else None,
+        "cache_sha256": None,
         "world_size": distributed_info()[1],
         "device_resolved": device.type,
         "compile_resolved": compile,
@@ -407,14 +458,62 @@ def _resolved(cfg: TrainConfig, meta, cache: Path | None, device: torch.device, 
     }
 
 
-def _check_same_run(saved: dict[str, Any], cfg: TrainConfig, out: Path) -> None:
-    for f in fields(TrainConfig):
-        if f.name in _RUNTIME_FIELDS or f.name == "cache":
-            continue
-        now = cfg.to_json()[f.name]
-        if saved.get(f.name) != now:
-            raise UserError(f"{out} holds a run with {f.name}={saved.get(f.name)!r}, not {now!r}: "
-                            "resume with the same settings or choose another --out")
+def _cache_identity(cache) -> dict[str, Any]:
+    """What Strategy C's open cache adds to ``config.json``: its file, its logits checksum and the
+    teacher it records (so a run names its teacher the same with or without ``--teacher``)."""
+    return {"cache": str(cache.path.absolute()), "cache_sha256": cache.attrs.get("logits_sha256"),
+            "teacher_sha256": cache.attrs.get("teacher_sha256")}
+
+
+# What a run is, compared when it is resumed: these settings, and its data, teacher and targets by
+# content (config.json's dataset_fingerprint, teacher_sha256 and cache_sha256), not by path.
+_SETTINGS = tuple(f.name for f in fields(TrainConfig) if f.name not in _WHERE_AND_HOW)
+
+
+def _check_same_run(saved: dict[str, Any], resolved: dict[str, Any], out: Path, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if saved.get(key) != resolved[key]:
+            raise UserError(f"{out} holds a run with {key}={_shown(saved.get(key))}, not {_shown(resolved[key])}: "
+                            "resume with the same settings and inputs, pass --force to start over, or choose "
+                            "another --out")
+
+
+def _shown(value: Any) -> str:
+    """A config value for a one-line message: SHA-256 digests cut to 12 characters."""
+    if isinstance(value, str) and len(value) == 64:
+        return repr(value[:12] + "…")
+    return repr(value)
+
+
+@contextlib.contextmanager
+def _claimed(out: Path) -> Iterator[None]:
+    """Create the run directory and hold its lock; then no other process writes it, and the
+    temporary files of a killed run (``.NAME.PID.tmp``, see _temporary) are removed.
+
+    Raises:
+        UserError: ``out`` is a file or cannot be created; another process holds the lock.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run directory: choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the run directory {out} ({err.strerror}): choose another --out") from None
+    with exclusive_lock(out / LOCK_FILE, f"another fasttarget train is writing {out} (pid {{pid}}): "
+                                         "wait for it or choose another --out"):
+        for tmp in (*out.glob(".*.tmp"), *(out / CHECKPOINT.parent).glob(".*.tmp")):
+            tmp.unlink(missing_ok=True)
+        yield
+
+
+def _saved_config(path: Path) -> dict[str, Any] | None:
+    """The ``config.json`` of the run in a directory, ``None`` without one."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON: restore it, or pass --force to start the run over") from None
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[str]:
@@ -436,33 +535,54 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train a student and write its run directory; returns the contents of ``final.json``.
 
     Raises:
-        UserError: bad data, teacher or cache; an existing run without ``resume``; a run
-            to resume that was started with other settings.
+        UserError: bad data, teacher or cache; ``out`` a file, or written by another process;
+            an existing run without ``resume`` or ``force``; a run to resume that was started
+            with other settings or inputs, or whose checkpoint is unreadable.
     """
+    rank, _ = distributed_info()
+    # Only rank 0 writes the run directory, so only it claims it.
+    with _claimed(cfg.out) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, rank)
+
+
+def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
     from fasttarget.dataset import DatasetMeta
     from fasttarget.loader import build_loader
     from fasttarget.targets import TargetConfig, build_targets
 
-    rank, _ = distributed_info()
     out = cfg.out
     config_path, ckpt_path, final_path = out / "config.json", out / CHECKPOINT, out / "final.json"
-    if config_path.is_file():
-        if not cfg.resume:
-            raise UserError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
-        _check_same_run(json.loads(config_path.read_text()), cfg, out)
-        if final_path.is_file():
-            return json.loads(final_path.read_text())
+    saved = _saved_config(config_path)
+    if saved is not None and not (cfg.resume or cfg.force):
+        raise UserError(f"{out} already holds a run: pass --resume to continue it, --force to start it over, "
+                        "or choose another --out")
+    if cfg.force:
+        saved = None
+        if rank == 0:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
 
     if cfg.teacher is not None and not cfg.teacher.is_file():
         raise UserError(f"teacher checkpoint {cfg.teacher} does not exist: train one with `fasttarget teacher`")
     meta = DatasetMeta.load(cfg.data)
     device = resolve_device(cfg.device)
+    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    resolved = _resolved(cfg, meta, device, compiled)
+    if saved is not None:  # before Strategy C's cache is built: resuming with another teacher fails at once
+        _check_same_run(saved, resolved, out,
+                        _SETTINGS + ("dataset_fingerprint",) + (("teacher_sha256",) if cfg.teacher else ()))
     cache = _ensure_cache(cfg, meta, device, cfg.progress and rank == 0) if cfg.strategy == "C" else None
     targets = build_targets(
         TargetConfig(strategy=cfg.strategy, temperature=cfg.temperature, teacher=cfg.teacher, cache=cache,
-                     compile=bool(cfg.compile) if cfg.compile is not None else device.type == "cuda"),
+                     compile=compiled),
         meta, device,
     )
+    if cfg.strategy == "C":
+        resolved.update(_cache_identity(targets.cache))
+    if saved is not None:
+        _check_same_run(saved, resolved, out, ("teacher_sha256", "cache_sha256"))
+        if final_path.is_file():
+            return json.loads(final_path.read_text())
     subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
     loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset),
                           targets=targets)
@@ -473,20 +593,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
     student, forward = prepare_model(build_student(model_cfg, cfg.loss), device, cfg.compile)
     optimizer = build_optimizer(student, cfg.lr, cfg.weight_decay)
-    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
 
     start_step, wall_before = 0, 0.0
     if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        student.load_state_dict(state["student"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start_step, wall_before = state["step"], state["wall_s"]
+        start_step, wall_before = _load_checkpoint(ckpt_path, student, optimizer)
     kept = _read_metrics(out / "metrics.jsonl", start_step)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         if not config_path.is_file():
-            write_json(config_path, _resolved(cfg, meta, cache, device, compiled))
+            write_json(config_path, resolved)
         (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     num_classes = meta.num_classes
 
@@ -516,6 +630,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return final
 
 
+def _load_checkpoint(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Restore ``last.pt`` into the student, optimizer and RNGs; returns ``(step, wall_s)``.
+
+    Raises:
+        UserError: the file is unreadable (truncated, corrupted) or does not fit this run.
+    """
+    fix = "restore a backup of it, or pass --force to start the run over"
+    state = read_checkpoint(path, RUN_FORMAT, fix)
+    try:
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        return int(state["step"]), float(state["wall_s"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"checkpoint {path} does not fit this run ({err.__class__.__name__}): {fix}") from err
+
+
 def _run_steps(cfg: TrainConfig, loader, step_fn: Callable, eval_fn: Callable, checkpoint: Callable,
                start_step: int, wall_before: float, device: torch.device, rank: int,
                last: dict[str, Any]) -> dict[str, Any]:
@@ -525,6 +656,7 @@ def _run_steps(cfg: TrainConfig, loader, step_fn: Callable, eval_fn: Callable, c
     sums, count = torch.zeros(len(TERMS), device=device), 0
     progress = Progress(cfg.steps, start_step, f"train {cfg.strategy}", cfg.progress and rank == 0)
     metrics_path = cfg.out / "metrics.jsonl"
+    world = distributed_info()[1]
     acc_h, acc_g = last.get("test_acc_h"), last.get("test_acc_g")
     try:
         for step, batch in iterate_steps(loader, start_step, cfg.steps):
@@ -538,6 +670,9 @@ def _run_steps(cfg: TrainConfig, loader, step_fn: Callable, eval_fn: Callable, c
                 continue
             throughput.pause()
             acc_g, acc_h = eval_fn()
+            if world > 1:  # each rank summed its share of the batches: log means over the global batch
+                dist.all_reduce(sums)
+                sums /= world
             means = (sums / count).tolist()
             row = {"step": step, "images_seen": step * cfg.batch_size, "test_acc_h": acc_h, "test_acc_g": acc_g,
                    **dict(zip(TERMS, means)), "img_per_s": throughput.rate(),

@@ -100,6 +100,7 @@ def train(
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Start over: delete the run already in --out first."),
     device: Optional[str] = DeviceOption,
     compile: Optional[bool] = CompileOption,
     progress: bool = ProgressOption,
@@ -113,7 +114,7 @@ def train(
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, arch=arch, width=width, loss=loss, temperature=temperature,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, compile=compile,
-        resume=resume, progress=progress,
+        resume=resume, force=force, progress=progress,
     )
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
