@@ -98,3 +98,61 @@ def test_convert_then_demo_reuses_converted_sample(tmp_path, monkeypatch, capsys
     assert (out / "data" / "train.beton").stat().st_mtime_ns == first
     code, _, err = run_cli(["demo", "--out", out, "--source", tmp_path / "nope"], monkeypatch, capsys)
     assert_one_line_error(code, err, "demo data not found", "--source")
+
+
+def test_inspect_verifies_checksums_and_quick_skips_them(sample_dir, tmp_path, monkeypatch, capsys):
+    code, out, _ = run_cli(["inspect", sample_dir], monkeypatch, capsys)
+    assert code == 0 and "checksum    train.beton: sha256 verified" in out
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_dir, copy)
+    beton = copy / "train.beton"
+    with open(beton, "r+b") as fh:  # one flipped bit in the image data
+        fh.seek(beton.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 1]))
+    code, _, err = run_cli(["inspect", copy], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"{beton} does not match the SHA-256 meta.json records", "--force")
+    code, out, _ = run_cli(["inspect", copy, "--quick"], monkeypatch, capsys)
+    assert code == 0 and "checksum    train.beton: sha256 not checked (--quick)" in out
+    meta = json.loads((copy / "meta.json").read_text())
+    for info in meta["splits"].values():
+        del info["size"], info["sha256"]
+    (copy / "meta.json").write_text(json.dumps(meta))
+    code, out, _ = run_cli(["inspect", copy], monkeypatch, capsys)
+    assert code == 0 and "checksum    train.beton: no checksum recorded" in out
+
+
+def test_inspect_names_a_truncated_beton(sample_dir, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_dir, copy)
+    with open(copy / "test.beton", "r+b") as fh:
+        fh.truncate(1 << 20)
+    code, _, err = run_cli(["inspect", copy, "--quick"], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"{copy / 'test.beton'} is 1048576 bytes, meta.json records", "--force")
+
+
+def test_convert_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import os
+
+    from fasttarget.demo import SAMPLE_SOURCE
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / f".train.beton.{os.getpid()}.tmp").symlink_to("/dev/full")  # every write fails with ENOSPC
+    code, _, err = run_cli(["convert", "cifar10", "--source", SAMPLE_SOURCE, "--out", out, "--no-progress"],
+                           monkeypatch, capsys)
+    assert_one_line_error(code, err, f"no space left on device writing {out / 'train.beton'}: free space or "
+                                     "choose another --out")
+    assert list(out.iterdir()) == []
+
+
+def test_train_on_a_truncated_beton_is_one_line(sample_dir, tmp_path, monkeypatch, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_dir, copy)
+    with open(copy / "train.beton", "r+b") as fh:
+        fh.truncate(3 << 20)
+    code, _, err = run_cli(["train", "--data", copy, "--strategy", "A", "--out", tmp_path / "run", "--steps", "1",
+                            "--device", "cpu", "--no-progress"], monkeypatch, capsys)
+    assert_one_line_error(code, err, f"{copy / 'train.beton'} is 3145728 bytes, meta.json records",
+                          f"fasttarget convert cifar10 --source", f"--out {copy} --force")

@@ -55,7 +55,10 @@ def test_meta_json_follows_the_contract(cifar10_dir):
     assert list(d) == ["format_version", "dataset", "classes", "num_classes", "image_shape", "encoding",
                        "jpeg_quality", "splits", "mean", "std", "fingerprint", "source", "extra"]
     assert d["format_version"] == 1 and d["num_classes"] == 10 and d["jpeg_quality"] is None
-    assert d["splits"]["train"] == {"file": "train.beton", "count": 50000, "class_counts": [5000] * 10, "skipped": 0}
+    train = (cifar10_dir / "train.beton").stat().st_size
+    assert d["splits"]["train"] == {"file": "train.beton", "count": 50000, "class_counts": [5000] * 10, "skipped": 0,
+                                    "size": train, "sha256": d["splits"]["train"]["sha256"]}
+    assert len(d["splits"]["train"]["sha256"]) == 64 and int(d["splits"]["train"]["sha256"], 16) >= 0
     assert d["source"]["layout"] == "cifar-10-batches-bin"
     assert len(d["fingerprint"]) == 64 and int(d["fingerprint"], 16) >= 0
     assert check_dataset(cifar10_dir) == DatasetMeta.from_dict(d)
@@ -104,6 +107,11 @@ def test_existing_output_needs_force_and_check_detects_tampering(sample_dir, tmp
     with pytest.raises(UserError, match=r"test\.beton holds 1000 samples, meta\.json says 999"):
         check_dataset(copy)
     (copy / "train.beton").write_bytes(b"garbage")
+    with pytest.raises(UserError, match=r"train\.beton is 7 bytes, meta\.json records \d+ \(truncated or changed"):
+        check_dataset(copy)
+    d["splits"]["test"]["count"] = 1000
+    del d["splits"]["train"]["size"]  # as in a dataset converted before sizes were recorded
+    (copy / "meta.json").write_text(json.dumps(d))
     with pytest.raises(UserError, match=r"train\.beton does not open as a beton"):
         check_dataset(copy)
     (copy / "meta.json").write_text("{not json")

@@ -218,7 +218,10 @@ def test_bad_configs_are_user_errors(arrays):
                dict(rank=2, world_size=2)]:
         with pytest.raises(UserError):
             LoaderConfig(**kw)
-    with pytest.raises(UserError, match="no full batch"):
+    # The CLI's fix first (there is no --drop-last option), then the library's.
+    with pytest.raises(UserError, match=r"103 samples on 1 rank\(s\) make no full batch of 200: lower --batch-size "
+                                        r"to 103 or raise --ipc/--fraction \(library: LoaderConfig\(batch_size=103\) "
+                                        r"or drop_last=False\)"):
         resident(arrays, batch_size=200)
     with pytest.raises(UserError, match="uint8"):
         ResidentLoader.from_arrays(arrays[0].astype(np.float32), arrays[1], LoaderConfig(), mean=MEAN, std=STD)

@@ -2,7 +2,9 @@
 
 Each beton has the fields ``image`` (``RGBImageField``: raw pixels when no image side exceeds
 :data:`RAW_MAX_SIDE`, JPEG otherwise), ``label`` and ``index`` (the sample's row number,
-the key of Strategy C's cache). FFCV's ``DatasetWriter`` encodes on every core.
+the key of Strategy C's cache). Images that need encoding are encoded on every core; the
+samples are laid out in index order, so converting the same source twice gives the same
+bytes, and ``meta.json`` records each beton's size and SHA-256.
 
 The conversion is atomic: every file is first written under a temporary name inside
 ``DIR`` and renamed once all are complete, ``meta.json`` last, so an interrupted run leaves
@@ -23,21 +25,25 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
+import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo
+from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo, file_sha256
 from fasttarget.errors import UserError
 from fasttarget.threads import kept_threads
 from fasttarget.sources import DATASETS, Source, Split, download_source, load_image, open_source
@@ -110,6 +116,12 @@ class _Samples:
         return self.images[i], int(self.labels[i]), i
 
 
+PAGE_SIZE = 8 * 2**20  # DatasetWriter's default page size
+# ffcv.fields.rgb_image.IMAGE_MODES["raw"]: that table is a numba dict, and one lookup compiles for a second.
+_RAW_MODE = 1
+_ENCODE_CHUNK = 256  # samples per task of the encoding workers
+
+
 def write_split(
     path: str | Path,
     images: Sequence[np.ndarray],
@@ -124,23 +136,32 @@ def write_split(
 ) -> None:
     """Write one beton with fields ``image``, ``label``, ``index`` (``index`` = row number).
 
+    The file is FFCV's beton format (``ffcv.reader.Reader``, ``ffcv.loader.Loader``) with the
+    samples' data laid out in index order, so the same input gives the same bytes whatever the
+    number of workers. FFCV's ``DatasetWriter`` lets its workers claim pages in the order they
+    finish, so two of its runs differ; here workers only encode (FFCV's own ``RGBImageField``)
+    and one process lays out the pages. Raw in-memory arrays need no encoding and no workers.
+
     Writes ``path`` directly; :func:`convert` makes the directory atomic around it.
 
     Args:
         path: the ``.beton`` file to write.
         images: uint8 ``[N,H,W,3]`` array, or any sequence whose items are ``uint8 [H,W,3]``
-            (e.g. :class:`fasttarget.sources.ImageFiles`, decoded in the writer's processes).
+            (e.g. :class:`fasttarget.sources.ImageFiles`, decoded in the worker processes).
         labels: int ``[N]``.
         encoding: ``"raw"`` or ``"jpg"``.
         jpeg_quality: JPEG quality for ``"jpg"``.
         max_side: downscale images whose longer side exceeds it.
-        num_workers: writer processes (default: every usable core).
+        num_workers: encoding processes (default: every usable core).
         progress: show a progress bar.
         desc: progress bar label.
+
+    Raises:
+        OSError: writing failed (``errno.ENOSPC`` when the disk is full).
+        RuntimeError: a sample could not be encoded (its error is printed above).
     """
     with kept_threads():  # importing ffcv sets torch's threads to 1 (fasttarget.threads)
         from ffcv.fields import IntField, RGBImageField
-        from ffcv.writer import DatasetWriter
 
     if encoding not in ("raw", "jpg"):
         raise ValueError(f"encoding must be 'raw' or 'jpg', got {encoding!r}")
@@ -150,38 +171,160 @@ def write_split(
     if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3):
         # Checked here for a clear error before any writer process starts.
         raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}")
-    writer = DatasetWriter(
-        str(path),
-        {
-            "image": RGBImageField(write_mode=encoding, max_resolution=max_side, jpeg_quality=jpeg_quality),
-            "label": IntField(),
-            "index": IntField(),
-        },
-        num_workers=num_workers or usable_cores(),
-    )
-    _run_in_process_group(functools.partial(_write, writer, _Samples(images, labels), desc, progress))
+    fields = {
+        "image": RGBImageField(write_mode=encoding, max_resolution=max_side, jpeg_quality=jpeg_quality),
+        "label": IntField(),
+        "index": IntField(),
+    }
+    raw_arrays = isinstance(images, np.ndarray) and encoding == "raw" and (
+        max_side is None or max(images.shape[1:3]) <= max_side)
+    _run_in_process_group(functools.partial(
+        _write_beton, Path(path), fields, images, labels, raw_arrays, num_workers or usable_cores(), progress, desc))
     if not Path(path).is_file():
         raise RuntimeError(f"the beton writer exited without writing {path}")
 
 
-def _write(writer, samples: _Samples, desc: str, progress: bool) -> None:
-    import ffcv.writer
+def _write_beton(path: Path, fields: dict, images: Sequence[np.ndarray], labels: np.ndarray, raw_arrays: bool,
+                 num_workers: int, progress: bool, desc: str) -> None:
+    """The beton layout: header, field descriptors, metadata, pages from the next page boundary, allocation table."""
+    from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType, HeaderType, \
+        get_metadata_type
     from tqdm import tqdm
 
-    # DatasetWriter draws its own tqdm bar with no way to name or silence it; this runs in a
-    # throwaway child process, so swapping the module's reference touches nothing else.
-    ffcv.writer.tqdm = functools.partial(tqdm, desc=desc, unit="img", disable=not progress, mininterval=0.5)
-    writer.from_indexed_dataset(samples)
+    n = len(labels)
+    metadata = np.zeros(n, get_metadata_type(list(fields.values())))
+    metadata["f1"], metadata["f2"] = labels, np.arange(n)  # what IntField.encode writes, for all rows at once
+    descriptors = np.zeros(len(fields), FieldDescType)
+    type_ids = {handler: type_id for type_id, handler in TYPE_ID_HANDLER.items()}
+    for i, (name, field) in enumerate(fields.items()):
+        encoded = np.frombuffer(name.encode("ascii"), np.uint8)[: descriptors["name"].shape[1]]
+        descriptors["type_id"][i] = type_ids[type(field)]
+        descriptors["name"][i, : len(encoded)] = encoded
+        descriptors["arguments"][i] = field.to_binary()[0]
+    data_start = HeaderType.itemsize + descriptors.nbytes + metadata.nbytes
+    first_page = -(-data_start // PAGE_SIZE) * PAGE_SIZE if n else data_start
+    alloc = np.zeros(n, ALLOC_TABLE_TYPE)
+    alloc["sample_id"] = np.arange(n)
+
+    with open(path, "wb") as fh, \
+            tqdm(total=n, desc=desc, unit="img", disable=not progress, mininterval=0.5) as bar:
+        fh.write(bytes(first_page))  # header and metadata are written last, once the pointers are known
+        pages = _Pages(fh, first_page)
+        for start, (image_rows, sizes, payload) in _encoded_chunks(fields["image"], images, n, raw_arrays, num_workers):
+            stop = start + len(sizes)
+            image_rows["data_ptr"] = alloc["ptr"][start:stop] = pages.add(sizes, payload)
+            metadata["f0"][start:stop] = image_rows
+            alloc["size"][start:stop] = sizes
+            bar.update(len(sizes))
+        pages.close()
+        header = np.zeros((), HeaderType)
+        header["version"], header["num_fields"], header["page_size"] = CURRENT_VERSION, len(fields), PAGE_SIZE
+        header["num_samples"], header["alloc_table_ptr"] = n, fh.tell()
+        fh.write(alloc.tobytes())
+        fh.seek(0)
+        fh.write(header.tobytes() + descriptors.tobytes() + metadata.tobytes())
+
+
+class _Pages:
+    """Packs encoded samples into pages of :data:`PAGE_SIZE` in the order they come.
+
+    FFCV's loader reads a sample from one page, so a sample that does not fit in what is left
+    of a page starts the next one; a page's unused end is zeros (FFCV's own allocator does the same).
+    """
+
+    def __init__(self, fh: Any, start: int):
+        self.fh, self.start, self.page, self.used = fh, start, 0, 0
+
+    def add(self, sizes: np.ndarray, payload: np.ndarray) -> np.ndarray:
+        """Write samples whose encoded bytes lie back to back in ``payload``; returns their file offsets."""
+        ends = np.cumsum(sizes, dtype=np.uint64)
+        ptrs = np.empty(len(sizes), np.uint64)
+        done, written = 0, 0
+        while done < len(sizes):
+            fit = int(np.searchsorted(ends, written + PAGE_SIZE - self.used, side="right"))
+            if fit == done:
+                if sizes[done] > PAGE_SIZE:
+                    raise ValueError(f"an encoded image of {sizes[done]} bytes does not fit a beton page of {PAGE_SIZE}")
+                self._next_page()
+                continue
+            # offset in the payload, then where the payload's next byte lands in the file
+            ptrs[done:fit] = ends[done:fit] - sizes[done:fit] - np.uint64(written) + np.uint64(
+                self.start + self.page * PAGE_SIZE + self.used)
+            self.fh.write(payload[written:int(ends[fit - 1])])
+            self.used += int(ends[fit - 1]) - written
+            done, written = fit, int(ends[fit - 1])
+        return ptrs
+
+    def _next_page(self) -> None:
+        self.fh.write(bytes(PAGE_SIZE - self.used))
+        self.page, self.used = self.page + 1, 0
+
+    def close(self) -> None:
+        """Pad the last page to its full size."""
+        if self.used:
+            self._next_page()
+
+
+def _encoded_chunks(field, images: Sequence[np.ndarray], n: int, raw_arrays: bool,
+                    num_workers: int) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """``(first row, (image metadata rows, sizes, payload))`` per chunk of samples, in row order."""
+    starts = range(0, n, _ENCODE_CHUNK)
+    if raw_arrays:
+        for start in starts:
+            yield start, _raw_chunk(field, images[start:start + _ENCODE_CHUNK])
+        return
+    with Pool(num_workers, initializer=_set_encoder, initargs=(field, images)) as pool:
+        yield from zip(starts, pool.imap(_encode_chunk, starts))
+        # Ended by close/join, not by the context's terminate: workers killed by a signal would
+        # look failed to the process group's watcher.
+        pool.close()
+        pool.join()
+
+
+def _raw_chunk(field, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What ``RGBImageField.encode`` gives for raw pixels that need no resizing, for a block of rows."""
+    rows = np.zeros(len(images), field.metadata_type)
+    rows["mode"], rows["height"], rows["width"] = _RAW_MODE, images.shape[1], images.shape[2]
+    sizes = np.full(len(images), math.prod(images.shape[1:]), np.uint64)
+    return rows, sizes, np.ascontiguousarray(images).reshape(-1)
+
+
+_encoder: tuple[Any, Sequence[np.ndarray]] | None = None  # an encoding worker's field and samples
+
+
+def _set_encoder(field, images: Sequence[np.ndarray]) -> None:
+    # Pool initializer: under fork the samples are inherited, not pickled with every task.
+    global _encoder
+    _encoder = (field, images)
+
+
+def _encode_chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    field, images = _encoder
+    stop = min(start + _ENCODE_CHUNK, len(images))
+    rows = np.zeros(stop - start, field.metadata_type)
+    parts: list[np.ndarray] = []
+
+    def malloc(size: int) -> tuple[int, np.ndarray]:
+        parts.append(np.empty(size, np.uint8))
+        return 0, parts[-1]  # the real offset is set when the page layout is known
+
+    for j in range(stop - start):
+        field.encode(rows[j:j + 1], images[start + j], malloc)
+    return rows, np.array([len(p) for p in parts], np.uint64), np.concatenate(parts)
 
 
 def _run_in_process_group(work: Callable[[], None]) -> None:
     """Run ``work`` in a forked child that leads its own process group, and wait for it.
 
-    DatasetWriter cannot be stopped cleanly: on Ctrl-C its worker processes die but its work
-    queue keeps the interpreter from exiting, and when a worker dies on a bad sample the
-    writer waits for it forever. Run in a separate group, the writer and its workers never
-    see the terminal's Ctrl-C: this process kills the whole group instead, and the group
-    kills itself when this process dies or one of its workers fails.
+    A pool of encoding workers cannot be stopped cleanly: on Ctrl-C each worker raises on its
+    own, and a worker killed outright leaves the pool waiting for its task forever. Run in a
+    separate group, the writer and its workers never see the terminal's Ctrl-C: this process
+    kills the whole group instead, and the group kills itself when this process dies or one of
+    its workers fails.
+
+    Raises:
+        OSError: ``errno.ENOSPC`` when the child ran out of disk space.
+        RuntimeError: the child failed otherwise (its traceback is printed above).
     """
     import multiprocessing
 
@@ -196,14 +339,25 @@ def _run_in_process_group(work: Callable[[], None]) -> None:
             child.kill()
         child.join()
         raise
+    if child.exitcode == _NO_SPACE_EXIT:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if child.exitcode != 0:
         raise RuntimeError(f"the beton writer failed (exit code {child.exitcode}); its error is printed above")
+
+
+# The exit code a group leader that ran out of disk space leaves: the caller reports it in one line.
+_NO_SPACE_EXIT = errno.ENOSPC
 
 
 def _group_leader(work: Callable[[], None], parent: int) -> None:
     os.setpgrp()
     threading.Thread(target=_watch_group, args=(parent,), daemon=True).start()
-    work()
+    try:
+        work()
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        sys.exit(_NO_SPACE_EXIT)  # without the traceback multiprocessing would print
 
 
 def _watch_group(parent: int) -> None:
@@ -381,7 +535,7 @@ def convert(cfg: ConvertConfig) -> DatasetMeta:
 
     Raises:
         UserError: bad source, unreadable image (without ``skip_bad``), existing output
-            without ``force``, failed download.
+            without ``force``, failed download, no space left on the device.
     """
     if cfg.download:
         download_source(cfg.dataset, cfg.source)
@@ -396,25 +550,39 @@ def convert(cfg: ConvertConfig) -> DatasetMeta:
 
     temporaries = {name: _tmp_name(cfg.out, f"{name}.beton") for name in SPLITS}
     try:
+        files = {}
         for name in SPLITS:
             split = scanned[name].split
-            write_split(temporaries[name], split.pixels(), split.labels, encoding=encoding,
-                        jpeg_quality=cfg.jpeg_quality, max_side=cfg.max_side, num_workers=cfg.workers,
-                        progress=cfg.progress, desc=f"write {name}")
-        meta = _build_meta(source, cfg, scanned, shapes, encoding, mean, std)
+            with _no_space_is_user_error(cfg.out / f"{name}.beton"):
+                write_split(temporaries[name], split.pixels(), split.labels, encoding=encoding,
+                            jpeg_quality=cfg.jpeg_quality, max_side=cfg.max_side, num_workers=cfg.workers,
+                            progress=cfg.progress, desc=f"write {name}")
+            files[name] = (temporaries[name].stat().st_size, file_sha256(temporaries[name]))
+        meta = _build_meta(source, cfg, scanned, shapes, encoding, mean, std, files)
         # Old meta first: from here until the new one lands, the directory looks unfinished.
         (cfg.out / META_FILE).unlink(missing_ok=True)
         for name in SPLITS:
             temporaries[name].replace(cfg.out / f"{name}.beton")
-        meta.save(cfg.out)
+        with _no_space_is_user_error(cfg.out / META_FILE):
+            meta.save(cfg.out)
     finally:
         for tmp in temporaries.values():
             tmp.unlink(missing_ok=True)
     return meta
 
 
-def _build_meta(source: Source, cfg: ConvertConfig, scanned: dict[str, _Scanned],
-                shapes: set[tuple[int, ...]], encoding: str, mean: tuple, std: tuple) -> DatasetMeta:
+@contextlib.contextmanager
+def _no_space_is_user_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"no space left on device writing {path}: free space or choose another --out") from err
+
+
+def _build_meta(source: Source, cfg: ConvertConfig, scanned: dict[str, _Scanned], shapes: set[tuple[int, ...]],
+                encoding: str, mean: tuple, std: tuple, files: dict[str, tuple[int, str]]) -> DatasetMeta:
     k = len(source.classes)
     return DatasetMeta(
         dataset=source.dataset,
@@ -424,7 +592,7 @@ def _build_meta(source: Source, cfg: ConvertConfig, scanned: dict[str, _Scanned]
             name: SplitInfo(
                 file=f"{name}.beton", count=len(s.split),
                 class_counts=tuple(int(c) for c in np.bincount(s.split.labels, minlength=k)),
-                skipped=s.skipped,
+                skipped=s.skipped, size=files[name][0], sha256=files[name][1],
             )
             for name, s in scanned.items()
         },

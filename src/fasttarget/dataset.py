@@ -4,6 +4,11 @@
 (see ``docs/design.md``). :class:`DatasetMeta` is ``meta.json`` as a frozen dataclass;
 :func:`read_split` decodes a whole split back into memory in index order.
 
+Trust: :func:`check_split` compares a beton with what ``meta.json`` records without decoding
+an image (file size, fields, row count, image sizes, labels, index, data inside the file) and
+remembers a file that passed for as long as it is unchanged, so every reader can afford it;
+with ``checksum=True`` it also compares the file's SHA-256, which reads the whole file.
+
 Example:
     >>> import json, tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -17,6 +22,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -42,12 +49,16 @@ class SplitInfo:
         count: number of samples written.
         class_counts: samples per label, in label order.
         skipped: unreadable source files left out (``--skip-bad``).
+        size: the beton's size in bytes, ``None`` in datasets converted before it was recorded.
+        sha256: SHA-256 hex of the beton's bytes, ``None`` likewise.
     """
 
     file: str
     count: int
     class_counts: tuple[int, ...]
     skipped: int = 0
+    size: int | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,8 @@ class DatasetMeta:
         return cls(
             dataset=d["dataset"], classes=tuple(d["classes"]),
             image_shape=tuple(d["image_shape"]) if d["image_shape"] else None,
-            splits={k: SplitInfo(v["file"], int(v["count"]), tuple(v["class_counts"]), int(v.get("skipped", 0)))
+            splits={k: SplitInfo(v["file"], int(v["count"]), tuple(v["class_counts"]), int(v.get("skipped", 0)),
+                                 None if v.get("size") is None else int(v["size"]), v.get("sha256"))
                     for k, v in d["splits"].items()},
             mean=tuple(d["mean"]), std=tuple(d["std"]), fingerprint=d["fingerprint"],
             encoding=d.get("encoding", "raw"), jpeg_quality=d.get("jpeg_quality"),
@@ -143,54 +155,167 @@ class DatasetMeta:
         tmp = path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
         # One top-level key per line keeps the file readable even with long lists (CIFAR-100 coarse labels).
         body = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in self.to_dict().items())
-        tmp.write_text("{\n" + body + "\n}\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text("{\n" + body + "\n}\n")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
-def beton_path(directory: str | Path, split: str) -> Path:
+def beton_path(directory: str | Path, split: str, *, meta: DatasetMeta | None = None) -> Path:
     """Path of ``split``'s beton in a converted dataset directory (checks that it exists).
+
+    Args:
+        meta: the directory's meta when the caller has loaded it already.
 
     Raises:
         UserError: unknown split or missing file.
     """
-    meta = DatasetMeta.load(directory)
+    meta = DatasetMeta.load(directory) if meta is None else meta
     if split not in meta.splits:
         raise UserError(f"unknown split {split!r}: {directory} has {', '.join(meta.splits)}")
     path = Path(directory) / meta.splits[split].file
     if not path.is_file():
-        raise UserError(f"{path} is missing: rerun `fasttarget convert ... --out {directory} --force`")
+        raise UserError(f"{path} is missing: {_reconvert(directory, meta)}")
     return path
 
 
-def read_split(directory: str | Path, split: str, num_workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a whole split back into memory, in index order.
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex of a file's bytes (``sha256sum`` gives the same)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _reconvert(directory: str | Path, meta: DatasetMeta) -> str:
+    source = meta.source.get("path", "SOURCE")
+    return f"reconvert with `fasttarget convert {meta.dataset} --source {source} --out {directory} --force`"
+
+
+def check_split(directory: str | Path, split: str, *, meta: DatasetMeta | None = None,
+                checksum: bool = False) -> Path:
+    """Verify that ``split``'s beton holds what ``meta.json`` records, without decoding images; returns its path.
+
+    Checks the file's size (when recorded) and that it opens as a beton with the fields
+    ``image`` (``RGBImageField``), ``label`` and ``index`` (``IntField``), holds ``count`` rows
+    whose images have ``image_shape`` (when there is one), whose labels lie in
+    ``0..num_classes-1`` with the recorded class counts, whose index numbers the rows
+    ``0..count-1``, and whose data lies inside the file (a truncated file fails here even
+    without a recorded size). A file that passed is remembered while its size, times and inode
+    stay the same, so the loader, :func:`read_split` and :func:`read_labels` all call this.
+
+    Args:
+        directory: a converted dataset directory.
+        split: ``"train"`` or ``"test"``.
+        meta: the directory's meta when the caller has loaded it already.
+        checksum: also compare the file's SHA-256 with the recorded one (reads the whole
+            file: ``fasttarget inspect`` does, ``inspect --quick`` and the loaders do not).
+            Datasets converted before checksums were recorded pass without it.
+
+    Raises:
+        UserError: naming the file, the first mismatch and the fix.
+    """
+    meta = DatasetMeta.load(directory) if meta is None else meta
+    path = beton_path(directory, split, meta=meta)
+    info, rerun = meta.splits[split], _reconvert(directory, meta)
+    st = path.stat()
+    if info.size is not None and st.st_size != info.size:
+        raise UserError(f"{path} is {st.st_size} bytes, meta.json records {info.size} "
+                        f"(truncated or changed since convert): {rerun}")
+    stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    _check_structure(str(path), stamp, info, meta.num_classes, meta.image_shape, rerun)
+    if checksum and info.sha256 is not None and file_sha256(path) != info.sha256:
+        raise UserError(f"{path} does not match the SHA-256 meta.json records "
+                        f"(damaged or changed since convert): {rerun}")
+    return path
+
+
+@functools.lru_cache(maxsize=64)
+def _check_structure(path: str, stamp: tuple[int, ...], info: SplitInfo, num_classes: int,
+                     image_shape: tuple[int, int, int] | None, rerun: str) -> None:
+    """The checks of :func:`check_split` after the size; ``stamp`` (the file's stat) only keys the cache."""
+    with kept_threads():
+        from ffcv.fields import IntField, RGBImageField
+        from ffcv.reader import Reader
+
+    try:
+        reader = Reader(path)
+    except Exception as err:  # ffcv raises bare AssertionError/ValueError/IndexError on damaged files
+        raise UserError(f"{path} does not open as a beton ({err!r}): {rerun}") from err
+    fields = [(name, type(handler)) for name, handler in reader.handlers.items()]
+    if fields != [("image", RGBImageField), ("label", IntField), ("index", IntField)]:
+        found = ", ".join(f"{name} ({kind.__name__})" for name, kind in fields)
+        raise UserError(f"{path} has fields {found}, expected image (RGBImageField), label, index (IntField): {rerun}")
+    if reader.num_samples != info.count:
+        raise UserError(f"{path} holds {reader.num_samples} samples, meta.json says {info.count}: {rerun}")
+    rows, alloc = reader.metadata, reader.alloc_table
+    data_end = int(reader.header["alloc_table_ptr"])
+    if (len(rows) != info.count or len(alloc) != info.count or data_end + alloc.nbytes != stamp[2]
+            or (len(alloc) and int((alloc["ptr"] + alloc["size"]).max()) > data_end)):
+        raise UserError(f"{path} is truncated or damaged (its data does not end where its header says): {rerun}")
+    images, labels, index = rows["f0"], rows["f1"], rows["f2"]
+    if image_shape is not None and (np.any(images["height"] != image_shape[0])
+                                    or np.any(images["width"] != image_shape[1])):
+        raise UserError(f"{path} holds images that are not {image_shape[0]}x{image_shape[1]} as meta.json "
+                        f"says: {rerun}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"{path} has labels {labels.min()}..{labels.max()}, but meta.json lists {num_classes} "
+                        f"classes: {rerun}")
+    counts = tuple(int(c) for c in np.bincount(labels, minlength=num_classes))
+    if counts != info.class_counts:
+        raise UserError(f"{path} has class counts {counts}, meta.json says {info.class_counts}: {rerun}")
+    if not np.array_equal(index, np.arange(info.count)):
+        raise UserError(f"{path} has an index field that is not 0..{info.count - 1}: {rerun}")
+
+
+def check_dataset(directory: str | Path, *, checksum: bool = True) -> DatasetMeta:
+    """Verify every split with :func:`check_split`; returns the meta.
+
+    Args:
+        checksum: also compare each beton's SHA-256 (``fasttarget inspect``; ``--quick`` skips it).
+
+    Raises:
+        UserError: naming the first mismatch.
+    """
+    meta = DatasetMeta.load(directory)
+    for split in meta.splits:
+        check_split(directory, split, meta=meta, checksum=checksum)
+    return meta
+
+
+def read_split(directory: str | Path, split: str, num_workers: int | None = None, *,
+               meta: DatasetMeta | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a whole split back into memory, in index order, after :func:`check_split`.
 
     Args:
         directory: a converted dataset directory.
         split: ``"train"`` or ``"test"``.
         num_workers: ffcv decoding threads (default: all usable cores).
+        meta: the directory's meta when the caller has loaded it already.
 
     Returns:
         ``(images uint8 [N,H,W,3], labels int64 [N])`` with row ``i`` = sample index ``i``.
 
     Raises:
-        UserError: the directory is not a converted dataset, or its images differ in size.
+        UserError: the directory is not a converted dataset, its images differ in size, or
+            the beton does not hold what ``meta.json`` records.
     """
     with kept_threads():  # ffcv resets torch's and numba's thread counts
-        return _read_split(directory, split, num_workers)
+        return _read_split(directory, split, num_workers, meta)
 
 
-def _read_split(directory: str | Path, split: str, num_workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(directory: str | Path, split: str, num_workers: int | None,
+                meta: DatasetMeta | None) -> tuple[np.ndarray, np.ndarray]:
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
 
-    meta = DatasetMeta.load(directory)
-    path = beton_path(directory, split)
+    meta = DatasetMeta.load(directory) if meta is None else meta
     if meta.image_shape is None:
         raise UserError(f"{directory} holds images of different sizes; read_split needs one size: "
                         "reconvert with --max-side or read it with a resizing loader")
+    path = check_split(directory, split, meta=meta)
     n = meta.count(split)
+    # Filled completely: check_split made sure the index field numbers exactly these n rows.
     images = np.empty((n, *meta.image_shape), np.uint8)
     labels = np.empty(n, np.int64)
     loader = Loader(
@@ -206,50 +331,18 @@ def _read_split(directory: str | Path, split: str, num_workers: int | None) -> t
     return images, labels
 
 
-def read_labels(directory: str | Path, split: str) -> np.ndarray:
-    """The int64 ``[N]`` labels of ``split`` in index order, read from the beton's metadata (no decoding).
+def read_labels(directory: str | Path, split: str, *, meta: DatasetMeta | None = None) -> np.ndarray:
+    """The int64 ``[N]`` labels of ``split`` in index order, read from the beton's metadata (no decoding),
+    after :func:`check_split`.
 
     Example: the per-class rows of an IPC subset,
     ``select_subset(read_labels(d, "train"), SubsetConfig(ipc=10))``.
     """
+    path = check_split(directory, split, meta=meta)
     with kept_threads():
         from ffcv.reader import Reader
 
-    return np.array(Reader(str(beton_path(directory, split))).metadata["f1"], dtype=np.int64)
-
-
-def check_dataset(directory: str | Path) -> DatasetMeta:
-    """Verify that every beton opens and holds what ``meta.json`` claims, without decoding images.
-
-    Checks per split: the file opens, has the fields ``image``, ``label``, ``index``, holds
-    ``count`` samples, its labels give the recorded per-class counts and its index field
-    numbers the rows ``0..count-1``.
-
-    Raises:
-        UserError: naming the first mismatch.
-    """
-    with kept_threads():
-        from ffcv.reader import Reader
-
-    meta = DatasetMeta.load(directory)
-    rerun = f"reconvert with `fasttarget convert ... --out {directory} --force`"
-    for split, info in meta.splits.items():
-        path = beton_path(directory, split)
-        try:
-            reader = Reader(str(path))
-        except Exception as err:  # ffcv raises bare AssertionError/ValueError/IndexError on damaged files
-            raise UserError(f"{path} does not open as a beton ({err!r}): {rerun}") from err
-        if reader.field_names != ["image", "label", "index"]:
-            raise UserError(f"{path} has fields {reader.field_names}, expected image, label, index: {rerun}")
-        if reader.num_samples != info.count:
-            raise UserError(f"{path} holds {reader.num_samples} samples, meta.json says {info.count}: {rerun}")
-        labels, index = reader.metadata["f1"], reader.metadata["f2"]
-        counts = tuple(int(c) for c in np.bincount(labels, minlength=meta.num_classes))
-        if counts != info.class_counts:
-            raise UserError(f"{path} has class counts {counts}, meta.json says {info.class_counts}: {rerun}")
-        if not np.array_equal(index, np.arange(info.count)):
-            raise UserError(f"{path} has an index field that is not 0..{info.count - 1}: {rerun}")
-    return meta
+    return np.array(Reader(str(path)).metadata["f1"], dtype=np.int64)
 
 
 def describe(meta: DatasetMeta) -> str:

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from fasttarget.augment import AugmentConfig, AugRecord, build_augment
-from fasttarget.dataset import DatasetMeta, beton_path, read_labels, read_split
+from fasttarget.dataset import DatasetMeta, check_split, read_labels, read_split
 from fasttarget.errors import UserError
 from fasttarget.threads import kept_threads
 
@@ -275,8 +275,10 @@ class _Loader(abc.ABC):
         self._start = 0  # batch the next pass starts at (set by load_state_dict)
         self._current: tuple[int, int] | None = None  # (epoch, batches yielded) of the pass in progress
         if len(self) == 0:
+            # Worded for both doors: the CLI's options, then the library's.
             raise UserError(f"{len(pool)} samples on {self.world_size} rank(s) make no full batch of "
-                            f"{cfg.batch_size}: lower batch_size or set drop_last=False")
+                            f"{cfg.batch_size}: lower --batch-size to {self.num_samples} or raise --ipc/--fraction "
+                            f"(library: LoaderConfig(batch_size={self.num_samples}) or drop_last=False)")
 
     @property
     def num_samples(self) -> int:
@@ -447,10 +449,12 @@ class FfcvLoader(_Loader):
         self, cfg: LoaderConfig, meta: DatasetMeta, *, pool: np.ndarray | None = None,
         targets: TargetFn | None = None,
     ) -> None:
+        path = check_split(cfg.data_dir, cfg.split, meta=meta)
         with kept_threads():  # ffcv resets torch's and numba's thread counts (fasttarget.threads)
-            self._build(cfg, meta, pool, targets)
+            self._build(path, cfg, meta, pool, targets)
 
-    def _build(self, cfg: LoaderConfig, meta: DatasetMeta, pool: np.ndarray | None, targets: TargetFn | None) -> None:
+    def _build(self, path: Path, cfg: LoaderConfig, meta: DatasetMeta, pool: np.ndarray | None,
+               targets: TargetFn | None) -> None:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import SimpleRGBImageDecoder
         from ffcv.loader import Loader
@@ -468,7 +472,7 @@ class FfcvLoader(_Loader):
         # ffcv sizes every epoch by the plan it sees at construction; all epochs share that length.
         self._order = _planned_order(self.rows(0))
         self._ffcv = Loader(
-            str(beton_path(cfg.data_dir, cfg.split)), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+            str(path), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
             os_cache=cfg.os_cache, order=self._order, distributed=self.world_size > 1,
             # unused by the planned order, but without it ffcv draws one from numpy's global RNG
             seed=cfg.seed,
@@ -564,8 +568,12 @@ def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> Resident
         cfg: the split, batching, order, augmentation, device, backend and shard.
         targets: optional target provider, ``Batch -> [B,K]`` (filled into ``batch.targets``).
 
+    Both backends first check the beton against ``meta.json`` (:func:`fasttarget.dataset.check_split`:
+    size, fields, rows, image sizes, label range, truncation; no decoding, no full checksum).
+
     Raises:
-        UserError: no ``data_dir``, not a converted dataset, unknown split, bad values.
+        UserError: no ``data_dir``, not a converted dataset, unknown split, a beton that does
+            not hold what ``meta.json`` records, bad values.
 
     Example:
         >>> loader = build_loader(LoaderConfig("data/cifar10", augment="stdaug"))  # doctest: +SKIP
@@ -575,15 +583,16 @@ def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> Resident
     if cfg.data_dir is None:
         raise UserError("LoaderConfig.data_dir is not set: pass a directory written by `fasttarget convert`")
     meta = DatasetMeta.load(cfg.data_dir)
-    beton_path(cfg.data_dir, cfg.split)  # raises UserError on an unknown split or a missing file
+    # Before anything reads the split; the readers below find the file remembered as checked.
+    check_split(cfg.data_dir, cfg.split, meta=meta)
     backend = choose_backend(cfg, meta)
     if backend == "resident":
         if meta.image_shape is None:
             raise UserError(f"{cfg.data_dir} holds images of different sizes, which the resident backend "
                             "cannot hold in one tensor: use backend='ffcv' after reconverting with --max-side")
-        images, labels = read_split(cfg.data_dir, cfg.split, num_workers=cfg.num_workers)
+        images, labels = read_split(cfg.data_dir, cfg.split, num_workers=cfg.num_workers, meta=meta)
         return ResidentLoader.from_arrays(images, labels, cfg, mean=meta.mean, std=meta.std, targets=targets)
-    pool = None if cfg.subset is None else _subset_rows(read_labels(cfg.data_dir, cfg.split), cfg.subset)
+    pool = None if cfg.subset is None else _subset_rows(read_labels(cfg.data_dir, cfg.split, meta=meta), cfg.subset)
     return FfcvLoader(cfg, meta, pool=pool, targets=targets)
 
 

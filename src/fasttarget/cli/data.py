@@ -47,13 +47,21 @@ def inspect(
     ipc: IpcOption = None,
     fraction: FractionOption = None,
     subset_seed: SubsetSeedOption = 0,
+    quick: bool = typer.Option(False, "--quick", help="Check the structure only, not each beton's SHA-256."),
 ) -> None:
-    """Print a converted dataset's summary and check each beton against meta.json (exit 2 on mismatch)."""
+    """Print a converted dataset's summary and check each beton against meta.json (exit 2 on mismatch):
+    size, fields, rows, labels, and the SHA-256 recorded at convert time (skipped with --quick)."""
     from fasttarget.dataset import check_dataset, describe
 
     subset = subset_config(ipc, fraction, subset_seed)
-    meta = check_dataset(directory)
+    meta = check_dataset(directory, checksum=not quick)
     typer.echo(describe(meta))
+    for info in meta.splits.values():
+        if info.sha256 is None:
+            state = "no checksum recorded (converted by an older fasttarget; reconvert with --force to record one)"
+        else:
+            state = "sha256 not checked (--quick)" if quick else "sha256 verified"
+        typer.echo(f"{'checksum':<11} {info.file}: {state}")
     if not subset.is_full:
         import numpy as np
 
