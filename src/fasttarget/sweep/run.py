@@ -14,7 +14,7 @@ from typing import Callable
 
 from fasttarget.results import CSV_FILE, INDEX_FILE, ResultsIndex, read_run_dir
 from fasttarget.sweep.config import SweepConfig
-from fasttarget.sweep.executors import BackendConfig, Task, build_executor
+from fasttarget.sweep.executors import BackendConfig, Executor, Task, build_executor
 from fasttarget.sweep.graph import UnitGraph
 from fasttarget.sweep.plan import SweepLayout, expand_grid, plan_sweep
 from fasttarget.sweep.stages import Stages
@@ -52,7 +52,7 @@ def _clock(seconds: float) -> str:
 def run_sweep(
     cfg: SweepConfig,
     out: Path,
-    backend: BackendConfig = BackendConfig(),
+    backend: BackendConfig | Executor = BackendConfig(),
     retries: int = 1,
     stages: Stages = Stages(),
     log: Callable[[str], None] = lambda _msg: None,
@@ -63,7 +63,8 @@ def run_sweep(
     Args:
         cfg: the sweep.
         out: sweep directory (created; reused when it exists). Every worker must see it.
-        backend: where units run (:class:`BackendConfig`: local processes, Ray, SLURM).
+        backend: where units run (:class:`BackendConfig`: local processes, Ray, SLURM), or
+            an :class:`Executor` of the caller's (closed by the sweep).
         retries: attempts after the first before a failing unit is recorded failed.
         stages: the functions that convert data, train ladders, cache and train runs.
         log: receives one line per event: a unit finished, failed or is retried.
@@ -86,10 +87,12 @@ def run_sweep(
         runs = [u for u in units if isinstance(u, RunUnit)]
         done_runs = sum(sync_run(ctx, u) == "done" for u in runs)
         todo = _needed(units, ctx)
-        log(f"sweep {cfg.name}: {len(runs)} runs, {done_runs} already done; {len(todo)} units to run "
-            f"on {backend.kind}")
+        where = backend.kind if isinstance(backend, BackendConfig) else type(backend).__name__
+        log(f"sweep {cfg.name}: {len(runs)} runs, {done_runs} already done; {len(todo)} units to run on {where}")
         if todo:
             trained = _drive(ctx, todo, backend, retries, log, progress)
+        elif isinstance(backend, Executor):
+            backend.close()
         if ctx.class_counts():
             ctx.index.set_meta("dataset_ipc", min(ctx.class_counts()))
         counts: dict[str, int] = {}
@@ -104,7 +107,7 @@ def run_sweep(
         ctx.index.close()
 
 
-def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig, retries: int,
+def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig | Executor, retries: int,
            log: Callable[[str], None], progress: Callable[[int, int], None]) -> list[str]:
     """Run ``todo`` to the end; return the ids of the runs that finished."""
     by_key = {u.key: u for u in todo}
@@ -132,7 +135,9 @@ def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig, retries:
 
     progress(0, len(todo))
     cfg = ctx.cfg
-    with build_executor(backend, ctx.layout.out, cfg.device, cfg.unit_resources("run")) as executor:
+    if isinstance(backend, BackendConfig):
+        backend = build_executor(backend, ctx.layout.out, cfg.device, cfg.unit_resources("run"))
+    with backend as executor:
         in_flight = 0
         while not graph.settled:
             tasks = []
