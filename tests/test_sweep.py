@@ -9,6 +9,7 @@ stages in ``test_sweep_smoke``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -280,10 +281,20 @@ def test_resume_after_sigkill(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [5, 10, 15, 20]
 
 
-def test_two_worker_processes(tmp_path):
-    summary = run_sweep(_cfg(strategies=["A", "B"]), tmp_path, BackendConfig(workers=2), stages=FAKES)
+def test_two_worker_processes_and_a_killed_one(tmp_path):
+    """A worker process SIGKILLed mid-run breaks the pool: a fresh one takes the retry, which resumes."""
+    cfg = _cfg(strategies=["A", "B"])
+    victim = plan_sweep(cfg).runs[1].run_id
+    stages = Stages(prepare_data=fake_data, train_ladder=fake_ladder, build_cache=fake_cache,
+                    train_student=functools.partial(fake_train, kill_at=(victim, 10)))
+    lines = []
+    summary = run_sweep(cfg, tmp_path, BackendConfig(workers=2), retries=1, stages=stages, log=lines.append)
     assert summary.counts == {"done": 12}
+    assert any(x.startswith(f"retry 1/1 {victim}: worker died: ") for x in lines), lines
     assert len(list((tmp_path / "runs").glob("*/final.json"))) == 12
+    metrics = (tmp_path / "runs" / victim / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in metrics] == [5, 10, 15, 20]
+    assert json.loads((tmp_path / "runs" / victim / "config.json").read_text())["resume"] is True
 
 
 def test_paired_runs_share_seed_and_subset(tmp_path):
