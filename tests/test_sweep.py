@@ -366,3 +366,15 @@ def test_cli_dry_run_and_bad_config(tmp_path, monkeypatch, capsys):
     assert "strategies must be" in err and "Traceback" not in err
     assert _cli(monkeypatch, "report", str(tmp_path / "nothing")) == 2
     assert "fasttarget sweep CONFIG --out" in capsys.readouterr().err
+
+
+def test_a_teacher_file_gone_retrains_its_ladder(tmp_path):
+    """rungs.json is only trusted while the checkpoints it names exist (a cleaned-up or half-copied sweep)."""
+    run_sweep(_cfg(strategies=["B"], ipc=[10]), tmp_path, INLINE, stages=FAKES)
+    (tmp_path / "teachers" / "stdaug" / "teacher-0.3.pt").unlink()
+    for run in (tmp_path / "runs").glob("B_t30*"):
+        (run / "final.json").unlink()
+    rec = Recorder()
+    summary = run_sweep(_cfg(strategies=["B"], ipc=[10]), tmp_path, INLINE, stages=rec.stages())
+    assert summary.counts == {"done": 4} and len(rec.ladders) == 1
+    assert sorted(r.spec.teacher_acc for r in rec.runs) == [0.3, 0.3]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 
-import pytest
 
 from fasttarget.results import ResultsIndex
 from fasttarget.sweep import Executor, Stages, SweepConfig, run_sweep

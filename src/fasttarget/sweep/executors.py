@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import math
 import os
 import re
 import shutil
 import time
 import traceback
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -247,8 +248,8 @@ class RayExecutor(Executor):
             self._refs[ref] = t.key
 
     def wait(self) -> list[Outcome]:
-        ready, _ = self._ray.wait(list(self._refs), num_returns=1)
-        ready, _ = self._ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0) if ready else (ready, None)
+        self._ray.wait(list(self._refs), num_returns=1)  # block for the first, then take all that ended
+        ready, _ = self._ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
         outcomes = []
         for ref in ready:
             key = self._refs.pop(ref)
@@ -334,7 +335,7 @@ class SlurmExecutor(Executor):
 
     def _parameters(self, res: Resources) -> dict[str, Any]:
         s = self._settings
-        gpus = (s.gpus_per_task if s.gpus_per_task is not None else -int(-res.num_gpus // 1)) if res.num_gpus else 0
+        gpus = (s.gpus_per_task if s.gpus_per_task is not None else math.ceil(res.num_gpus)) if res.num_gpus else 0
         params: dict[str, Any] = dict(timeout_min=s.time_min, cpus_per_task=res.threads, tasks_per_node=1, nodes=1)
         if s.cluster == "slurm":
             params.update(slurm_gpus_per_task=gpus or None, slurm_partition=s.partition, slurm_account=s.account)
@@ -427,7 +428,7 @@ def build_executor(backend: BackendConfig, root: Path, device: str, run_resource
         if backend.workers is not None or settings.cluster == "local":
             # Submitit's local executor starts every job at once; cap them at what the cores hold.
             limit = backend.workers or default_workers(device, run_resources)
-            settings = SlurmSettings(**{**settings.__dict__, "max_running": limit})
+            settings = replace(settings, max_running=limit)
         return SlurmExecutor(settings, Path(root) / "slurm")
     workers = backend.workers or default_workers(device, run_resources)
     return InlineExecutor() if workers == 1 else ProcessExecutor(workers, local_gpu_count(device))
