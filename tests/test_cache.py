@@ -261,6 +261,46 @@ def test_interrupted_build_leaves_nothing_complete_and_rerun_finishes(built, tmp
     np.testing.assert_allclose(cache.logits.astype(np.float32), uninterrupted, atol=4e-3, rtol=1e-3)
 
 
+# Builds like the CLI, but waits before its 2nd teacher forward until the test creates RELEASE.
+_WAITING_BUILD = """
+import pathlib, time
+from fasttarget import targets
+from fasttarget.cache import CacheBuildConfig, build_cache
+forward = targets.TeacherModel.__call__
+calls = []
+def waiting(self, images):
+    calls.append(1)
+    if len(calls) == 2:
+        print("building", flush=True)
+        while not pathlib.Path({release!r}).exists():
+            time.sleep(0.02)
+    return forward(self, images)
+targets.TeacherModel.__call__ = waiting
+build_cache(CacheBuildConfig({data!r}, {teacher!r}, {out!r}, batch_size={batch}, progress=False))
+"""
+
+
+def test_a_second_build_of_the_same_file_refuses_at_once(built, tmp_path, monkeypatch, capsys):
+    sample_dir, meta, teacher, _ = built
+    out, release = tmp_path / "targets.h5", tmp_path / "release"
+    script = _WAITING_BUILD.format(data=str(sample_dir), teacher=str(teacher), out=str(out), batch=BUILD_BATCH,
+                                   release=str(release))
+    first = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline() == "building\n"
+        code, _, stderr = run_cli(monkeypatch, capsys, "cache", "build", "--data", sample_dir, "--teacher", teacher,
+                                  "--out", out, "--device", "cpu")
+    finally:
+        release.touch()
+        first.communicate(timeout=300)
+    assert code == 2 and stderr == (f"error: another fasttarget cache build is writing {out} (pid {first.pid}): "
+                                    "wait for it or choose another --out\n")
+    assert first.returncode == 0  # the first build was not disturbed
+    cache = TargetCache.open(out, expected_fingerprint=meta.fingerprint, teacher_sha256=file_sha256(teacher))
+    assert cache.num_samples == meta.count("train")
+    assert not out.with_name(out.name + ".lock").exists() and not partial_path(out).exists()
+
+
 def test_only_a_partial_of_the_same_build_is_resumed(tmp_path):
     identity = {"teacher_sha256": "a" * 64, "dataset_fingerprint": "b" * 64, "split": "train",
                 "num_classes": 10, "num_samples": 100, "dtype": "float16"}
