@@ -9,17 +9,20 @@ so its overhead is the teacher's forward, reported without a goal.
 
 ``pytest benchmarks/test_bench_step.py`` runs every step once; ``--benchmark-enable`` times
 them with pytest-benchmark and measures the ratios (median of 5, interleaved) into the
-table printed at the end of the session.
+table printed at the end of the session. The goals are asserted by ``-m slow`` only, over
+21 pairs: with 5, a row's spread (±6 % on the 2-core machine) is wider than the goals.
 """
 
 from __future__ import annotations
 
-import warnings
+import dataclasses
 
 import pytest
 import torch
 
-from fasttarget.bench import GOALS, STAGED, STEP_AUGMENT, STEP_BATCH, step_comparisons
+from fasttarget.bench import (
+    GOALS, STAGED, STEP_AUGMENT, STEP_BATCH, BenchContext, format_table, machine_info, missed_goals, step_comparisons,
+)
 from fasttarget.targets import STRATEGIES
 
 
@@ -48,16 +51,24 @@ def test_full_step_trains_the_student_on_c_targets(bench_ctx, narrow_student):
     assert all(not torch.equal(a, p) for a, p in zip(before, narrow_student.net.parameters()) if p.grad is not None)
 
 
-def test_step_ratios(bench_ctx, comparisons, bench_rows):
+def test_step_suite_measures_every_strategy_against_staged_and_a(bench_ctx, comparisons, bench_rows):
     rows = [bench_ctx.measure(c) for c in comparisons.values()]
     bench_rows.extend(rows)
-    assert {r.name for r in rows} == {f"step {s} b{STEP_BATCH}" for s in STRATEGIES}
+    assert {(r.name, r.baseline) for r in rows} == {
+        *((f"step {s} b{STEP_BATCH}", STAGED) for s in STRATEGIES),
+        *((f"step {s} b{STEP_BATCH}", f"step A b{STEP_BATCH}") for s in ("B", "C"))}
     for row in rows:
-        # The ratio is a median of back-to-back pairs, so it lies within the sides' spread.
-        assert row.min / row.baseline_value / 2 < row.ratio < row.max / row.baseline_value * 2
-        assert 0 < row.min <= row.value <= row.max
-    # A loaded shared machine moves single numbers by more than these goals' margins: report, do not fail.
-    for row in rows:
-        goal = GOALS.get((row.name, row.baseline))
-        if goal is not None and not goal.cuda_only and not goal.met(row):
-            warnings.warn(f"{row.name} vs {row.baseline}: ratio {row.ratio:.3f} misses the goal {goal.text}", stacklevel=1)
+        assert row.repeats == bench_ctx.cfg.repeats and 0 < row.min <= row.value <= row.max
+    # Every goal of this suite belongs to one of its rows (a renamed row would drop its goal unseen).
+    keys = {(r.name, r.baseline) for r in rows}
+    assert {key for key in GOALS if key[0].startswith("step ")} <= keys
+
+
+@pytest.mark.slow
+def test_step_meets_its_goals(bench_ctx, tmp_path):
+    """Loader overhead ≤ 5 % for A and C, C's step ≤ 1.02× A's, over 21 interleaved pairs of
+    8 steps: the goals' margins are below what one pair on a shared machine moves by."""
+    ctx = BenchContext(dataclasses.replace(bench_ctx.cfg, repeats=21, batches=8), tmp_path)
+    rows = [ctx.measure(c) for c in step_comparisons(ctx)]
+    print("\n" + format_table(rows, machine_info()))
+    assert not missed_goals(rows, on_cuda=False)

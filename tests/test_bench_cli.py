@@ -9,7 +9,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from fasttarget.bench import GOALS, BenchConfig, Comparison, Row, format_table, measure
+from fasttarget.bench import BARE_GATHER, GOALS, BenchConfig, Comparison, Row, format_table, measure, missed_goals
 from fasttarget.cli import app, main
 from fasttarget.errors import UserError
 
@@ -51,7 +51,7 @@ def test_bench_all_writes_every_suite_with_the_json_keys(bench_json):
     prefixes = {row["name"].split()[0] for row in rows}
     assert prefixes == {"convert", "loader", "augment", "cache", "step"}
     assert {"loader resident b128", "loader resident b512", "augment stdaug b256", "cache gather b128",
-            "step A b128", "step B b128", "step C b128"} <= {row["name"] for row in rows}
+            "cache gather b128 cold", "step A b128", "step B b128", "step C b128"} <= {row["name"] for row in rows}
     for row in rows:
         assert row["repeats"] == 1 and row["value"] > 0 and row["baseline_value"] > 0
         assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"])
@@ -59,6 +59,30 @@ def test_bench_all_writes_every_suite_with_the_json_keys(bench_json):
     # The printed table has one line per row plus header, rule and machine line.
     table = output[output.index("measurement"):]
     assert "machine:" in table and all(row["name"] in table for row in rows)
+
+
+def test_every_cpu_goal_has_a_row_in_bench_all(bench_json):
+    """A goal whose (name, baseline) no suite produces would never be checked: renames must move goals too."""
+    payload, output = bench_json
+    measured = {(row["name"], row["baseline"]) for row in payload["rows"]}
+    assert {key for key, goal in GOALS.items() if not goal.cuda_only} <= measured
+    # Each goal's verdict is printed on its row, and each raced baseline names its kernel in a note.
+    assert output.count(": met") + output.count(": MISSED") == sum(
+        1 for row in payload["rows"] if (row["name"], row["baseline"]) in GOALS and not GOALS[row["name"], row["baseline"]].cuda_only)
+    assert "note: bare gather b128 is " in output and "note: h5py read once, in memory gather is " in output
+
+
+def test_missed_goals_names_each_row_below_its_goal_and_only_those():
+    def row(name, baseline, ratio, value=100.0):
+        return Row(name, value, "batches/s", baseline, value / ratio, ratio, 9, value, value)
+
+    rows = [row("loader resident b128", BARE_GATHER, 0.85), row("loader resident b512", BARE_GATHER, 0.95),
+            row("loader ffcv b128", BARE_GATHER, 0.2), row("step B b128", "step A b128", 0.5)]
+    assert missed_goals(rows, on_cuda=False) == [
+        "loader resident b128 vs bare gather: ratio 0.85, 100 batches/s (n=9): goal ≥ 0.9× bare gather"]
+    # The CUDA goal counts on CUDA runs only.
+    assert [line.split(":")[0] for line in missed_goals(rows, on_cuda=True)] == [
+        "loader resident b128 vs bare gather", "step B b128 vs step A b128"]
 
 
 def test_ratio_is_oriented_so_higher_is_better_for_fasttarget():
@@ -84,8 +108,12 @@ def test_ratio_is_the_median_of_back_to_back_pairs_in_alternating_order(monkeypa
         return next(seconds)
 
     monkeypatch.setattr(bench, "elapsed", fake_elapsed)
-    row = measure(Comparison("ours", "call/s", 1, lambda: "ours", "theirs", lambda: "theirs"), repeats=3, warmup=0)
-    assert calls == ["ours", "theirs", "theirs", "ours", "ours", "theirs"]
+    comparison = Comparison("ours", "call/s", 1, lambda: "ours", "theirs", lambda: "theirs",
+                            prepare=lambda: calls.append("prepare"))
+    row = measure(comparison, repeats=3, warmup=0)
+    # prepare runs, untimed, before every timed call of either side.
+    assert calls == ["prepare", "ours", "prepare", "theirs", "prepare", "theirs", "prepare", "ours",
+                     "prepare", "ours", "prepare", "theirs"]
     # Rates: ours 1, 0.5, 0.1; theirs 0.5, 0.25, 1. Pairs 2, 2, 0.1 -> median 2, while the
     # ratio of the medians (0.5 / 0.5) would hide the consistent 2x of the first two pairs.
     assert row.value == 0.5 and row.baseline_value == 0.5
