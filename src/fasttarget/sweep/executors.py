@@ -231,7 +231,11 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             kwargs = dict(include_dashboard=False, log_to_driver=False)
             if address is not None:
-                ray.init(address=address, **kwargs)
+                try:
+                    ray.init(address=address, **kwargs)
+                except ConnectionError:
+                    raise UserError(f"--ray-address {address}: no Ray cluster answers there; start one with "
+                                    "`ray start --head` or leave --ray-address out for a local Ray") from None
             else:
                 try:
                     ray.init(address="auto", **kwargs)
