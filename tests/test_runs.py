@@ -57,10 +57,11 @@ def test_a_lock_refuses_at_once_naming_the_holder_and_a_killed_holder_leaves_it_
 
 
 def test_a_second_train_on_the_same_out_refuses_at_once(sample_dir, tmp_path):
-    """Two real ``fasttarget train`` processes on one --out: the second exits 2 while the first trains."""
+    """Two real ``fasttarget train --resume`` processes on one --out (a job started again while it still
+    runs): the second exits 2 while the first trains, instead of training alongside it."""
     out = tmp_path / "run"
     args = [FASTTARGET, "train", "--data", sample_dir, "--strategy", "A", "--out", out, "--steps", "100000",
-            "--eval-every", "50000", *QUICK]
+            "--eval-every", "50000", "--resume", *QUICK]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True)
