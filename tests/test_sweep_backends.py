@@ -8,16 +8,19 @@ on every backend are ``test_sweep_smoke``'s.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from fasttarget.results import ResultsIndex
-from fasttarget.sweep import BackendConfig, SlurmSettings, Stages, SweepConfig, plan_sweep, run_sweep
+from fasttarget.sweep import BackendConfig, Resources, SlurmSettings, Stages, SweepConfig, plan_sweep, run_sweep
+from fasttarget.sweep.executors import SlurmExecutor, Task
 
 from test_sweep import FAKES, INLINE, fake_cache, fake_data, fake_ladder, fake_train
 
@@ -147,3 +150,41 @@ def test_slurm_without_sbatch_points_at_the_local_executor(user_error, tiny_conf
 def test_cli_refuses_bad_resources(user_error, tiny_config, tmp_path, what, table, expect):
     tiny_config.write_text(tiny_config.read_text() + table)
     user_error(what, "sweep", tiny_config, "--out", tmp_path / "o", expect=(expect,))
+
+
+class FakeSubmitit:
+    """Stands in for submitit's AutoExecutor: records parameters and batches instead of calling sbatch."""
+
+    def __init__(self):
+        self.params, self.batches, self._current = {}, [], None
+
+    def update_parameters(self, **params):
+        self.params = params
+
+    @contextlib.contextmanager
+    def batch(self):
+        self._current = []
+        yield
+        self.batches.append((self.params, self._current))
+        self._current = None
+
+    def submit(self, fn, *args):
+        self._current.append(args[1])
+        return object()
+
+
+def test_slurm_submits_equal_resources_as_one_array_with_the_cluster_options(tmp_path, monkeypatch):
+    need("submitit")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    settings = SlurmSettings(partition="gpu", account="proj", time="1:30:00")
+    executor = SlurmExecutor(settings, tmp_path / "slurm")
+    executor._executor = fake = FakeSubmitit()
+    gpu, cpu = Resources(num_cpus=2, num_gpus=0.5), Resources(num_cpus=1)
+    executor.submit([Task(f"run:{i}", print, f"req{i}", gpu) for i in range(3)] + [Task("data:convert", print, "d", cpu)])
+    assert [(p, reqs) for p, reqs in fake.batches] == [
+        (dict(timeout_min=90, cpus_per_task=2, tasks_per_node=1, nodes=1, slurm_gpus_per_task=1,
+              slurm_partition="gpu", slurm_account="proj"), ["req0", "req1", "req2"]),
+        (dict(timeout_min=90, cpus_per_task=1, tasks_per_node=1, nodes=1, slurm_partition="gpu",
+              slurm_account="proj"), ["d"]),
+    ]
+    executor._jobs.clear()
