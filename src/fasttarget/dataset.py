@@ -232,7 +232,11 @@ def check_split(directory: str | Path, split: str, *, meta: DatasetMeta | None =
 @functools.lru_cache(maxsize=64)
 def _check_structure(path: str, stamp: tuple[int, ...], info: SplitInfo, num_classes: int,
                      image_shape: tuple[int, int, int] | None, rerun: str) -> None:
-    """The checks of :func:`check_split` after the size; ``stamp`` (the file's stat) only keys the cache."""
+    """The checks of :func:`check_split` after the recorded size.
+
+    ``stamp`` is the file's ``(device, inode, size, mtime, ctime)``: it keys the cache (a file
+    written again gets new times) and gives the length the data must end at.
+    """
     with kept_threads():
         from ffcv.fields import IntField, RGBImageField
         from ffcv.reader import Reader
@@ -248,8 +252,8 @@ def _check_structure(path: str, stamp: tuple[int, ...], info: SplitInfo, num_cla
     if reader.num_samples != info.count:
         raise UserError(f"{path} holds {reader.num_samples} samples, meta.json says {info.count}: {rerun}")
     rows, alloc = reader.metadata, reader.alloc_table
-    data_end = int(reader.header["alloc_table_ptr"])
-    if (len(rows) != info.count or len(alloc) != info.count or data_end + alloc.nbytes != stamp[2]
+    data_end, file_size = int(reader.header["alloc_table_ptr"]), stamp[2]
+    if (len(rows) != info.count or len(alloc) != info.count or data_end + alloc.nbytes != file_size
             or (len(alloc) and int((alloc["ptr"] + alloc["size"]).max()) > data_end)):
         raise UserError(f"{path} is truncated or damaged (its data does not end where its header says): {rerun}")
     images, labels, index = rows["f0"], rows["f1"], rows["f2"]
