@@ -23,7 +23,9 @@ comparison once; ``-m slow`` takes medians of 9 pairs and asserts every gather g
 from __future__ import annotations
 
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +97,21 @@ def test_cold_gather_reads_from_the_disk(tmp_path):
     # Opened last: a second mapping of the file would hold its pages in the page cache.
     cache = TargetCache.open(tmp_path / "cold-cache.h5")
     assert (cache.num_samples, cache.num_classes) == COLD_SHAPE and cache.verify()
+
+
+def test_cold_gather_is_skipped_with_a_note_on_tmpfs():
+    """On tmpfs a file's pages are its storage: dropping them is impossible, so no cold row is made."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or page_cache_unsupported(shm) is None:
+        pytest.skip("no tmpfs at /dev/shm here")
+    from fasttarget.bench import cold_gather_comparison
+
+    with tempfile.TemporaryDirectory(dir=shm) as tmp:
+        ctx = BenchContext(BenchConfig(suites=("targets",)), tmp)
+        assert cold_gather_comparison(ctx) is None
+        assert ctx.notes == [f"cold cache gather skipped: {tmp} is on tmpfs, whose files live in the page cache: "
+                             "set TMPDIR to a disk-backed directory"]
+        assert not (Path(tmp) / "cold-cache.h5").exists()
 
 
 @pytest.mark.slow

@@ -195,5 +195,5 @@ def page_cache_unsupported(directory: Path) -> str | None:
     fs = max(((m, t) for m, t in mounts if resolved == m or resolved.startswith(m.rstrip("/") + "/")),
              key=lambda mount: len(mount[0]), default=(None, None))[1]
     if fs in ("tmpfs", "ramfs"):
-        return f"{directory} is on {fs}, whose files live in the page cache: use a disk-backed work directory"
+        return f"{directory} is on {fs}, whose files live in the page cache: set TMPDIR to a disk-backed directory"
     return None
