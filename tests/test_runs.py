@@ -14,7 +14,7 @@ from test_train import FASTTARGET, QUICK, make_teacher, run_cli
 
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
-from fasttarget.train import CHECKPOINT, LOCK_FILE, TrainConfig, train
+from fasttarget.train import CHECKPOINT, LOCK_FILE, TrainConfig, default_cache_path, train
 
 # A finished 4-step run with a checkpoint at each evaluation.
 RUN = dict(strategy="A", aug="stdaug", steps=4, eval_every=2, ipc=20, batch_size=32, width=0.125, device="cpu",
@@ -115,6 +115,7 @@ def test_a_moved_run_with_moved_inputs_resumes_and_other_inputs_are_refused(samp
     with pytest.raises(UserError, match="holds a run with teacher_sha256="):
         train(TrainConfig(data=Path("data"), out=Path("run"), **{**RUN, "strategy": "C"}, teacher=other_teacher,
                           resume=True))
+    assert not default_cache_path(other_teacher, meta.fingerprint).exists()  # refused before building one
 
 
 def test_damaged_checkpoints_and_bad_outs_are_one_line_and_force_starts_over(sample_dir, tmp_path, monkeypatch,

@@ -111,7 +111,7 @@ def test_a_corrupted_cache_is_refused_before_training(sample_dir, tmp_path, monk
     code, err = run_cli(monkeypatch, capsys, "train", "--data", sample_dir, "--out", tmp_path / "run",
                         "--strategy", "C", "--cache", cache, "--steps", "2", *QUICK)
     assert code == 2 and err.count("\n") == 1 and "logits checksum does not match" in err
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_strategies_write_the_run_directory_and_c_builds_its_cache_once(sample_dir, tmp_path, one_thread):

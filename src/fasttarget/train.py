@@ -495,15 +495,21 @@ def _claimed(out: Path) -> Iterator[None]:
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a run directory: choose another --out")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the run directory {out} ({err.strerror}): choose another --out") from None
-    with exclusive_lock(out / LOCK_FILE, f"another fasttarget train is writing {out} (pid {{pid}}): "
-                                         "wait for it or choose another --out"):
-        for tmp in (*out.glob(".*.tmp"), *(out / CHECKPOINT.parent).glob(".*.tmp")):
-            tmp.unlink(missing_ok=True)
-        yield
+    try:
+        with exclusive_lock(out / LOCK_FILE, f"another fasttarget train is writing {out} (pid {{pid}}): "
+                                             "wait for it or choose another --out"):
+            for tmp in (*out.glob(".*.tmp"), *(out / CHECKPOINT.parent).glob(".*.tmp")):
+                tmp.unlink(missing_ok=True)
+            yield
+    finally:
+        if created:  # a run refused before it wrote anything leaves no empty directory behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def _saved_config(path: Path) -> dict[str, Any] | None:
