@@ -3,13 +3,16 @@
 Every test that feeds the command line a bad input goes through :func:`user_error` (in-process)
 or :func:`record_bad_input` (a subprocess it ran itself). Both assert the CLI's contract for
 mistakes a user can fix — exit code 2, one line on stderr that starts with ``error:``, no
-traceback — and record what was tried and the line it got. ``pytest --bad-inputs-table FILE``
-writes those records as a Markdown table (``docs/bad-inputs.md`` is made that way), so the
-table lists exactly what the tests check, with the messages they saw.
+traceback — and record what was tried and the line it got. Tests of the library API provoke
+:class:`~fasttarget.errors.UserError` directly (``pytest.raises``); every such error raised in
+a test is recorded too, under the test's name. ``pytest --bad-inputs-table FILE`` writes both as
+Markdown (``docs/bad-inputs.md`` is made that way), so the table lists exactly what the tests
+try, with the messages they saw.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -46,8 +49,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def render_table(records: list[BadInput]) -> str:
-    """The Markdown table of ``records``, one row per distinct (what, command), grouped by test file."""
-    rows = {(r.test.split("::")[0], r.what, r.command): r.message for r in records}
+    """The Markdown table of ``records``, one row per distinct (what, command), grouped by test file.
+
+    A library-level record (no command) whose message a command-line record already shows is left out.
+    """
+    on_cli = {r.message for r in records if r.command}
+    rows = {(r.test.split("::")[0], r.what, r.command): r.message for r in records
+            if r.command or r.message not in on_cli}
     lines = [
         "# Bad inputs and what fasttarget says",
         "",
@@ -59,11 +67,15 @@ def render_table(records: list[BadInput]) -> str:
         ".venv/bin/python -m pytest tests --bad-inputs-table docs/bad-inputs.md",
         "```",
         "",
+        "A row without a command is a library call (`UserError` raised to the caller; the CLI prints",
+        "the same text after `error: `), named by the test that makes it.",
+        "",
         "| test file | bad input | command | message |",
         "|---|---|---|---|",
     ]
     for (file, what, command), message in sorted(rows.items()):
-        lines.append(f"| `{file}` | {_cell(what)} | `{_cell(command)}` | {_cell(message)} |")
+        shown = f"`{_cell(command)}`" if command else ""
+        lines.append(f"| `{file}` | {_cell(what)} | {shown} | {_cell(message)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -71,11 +83,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _relative(text: str, *folders: Path) -> str:
-    """``text`` with the tests' temporary folders shown as ``<tmp>``, so the table reads the same every run."""
-    for folder in folders:
-        text = text.replace(str(folder), "<tmp>")
-    return text
+def _relative(text: str, basetemp: Path) -> str:
+    """``text`` with pytest's temporary folders (``BASETEMP/NAME<n>``) shown as ``<tmp>``: the same every run."""
+    return re.sub(r"<tmp>/[\w.-]+?\d+(?=[/\s'\"`:,)]|$)", "<tmp>", text.replace(str(basetemp), "<tmp>"))
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
@@ -89,8 +99,30 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
     return lines[0].removeprefix("error: ")
 
 
+@pytest.fixture(autouse=True)
+def _record_user_errors(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch):
+    """Record every :class:`UserError` a test provokes, for the bad-inputs table.
+
+    Only when the table is asked for: otherwise no test pays for it.
+    """
+    if not request.config.getoption("--bad-inputs-table"):
+        return
+    from fasttarget.errors import UserError
+
+    original = UserError.__init__
+    records = request.config.stash[_RECORDS]
+    what = request.node.name.removeprefix("test_").replace("_", " ")
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        message = _relative(str(self), tmp_path_factory.getbasetemp())
+        records.append(BadInput(request.node.nodeid, what, "", message))
+
+    monkeypatch.setattr(UserError, "__init__", recording_init)
+
+
 @pytest.fixture
-def record_bad_input(request: pytest.FixtureRequest, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory):
+def record_bad_input(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """``record_bad_input(what, argv, code, stderr, *fragments)``: check and record a subprocess's error.
 
     For bad inputs a test must try from its own process (a second writer holding a lock, a console
@@ -100,9 +132,9 @@ def record_bad_input(request: pytest.FixtureRequest, tmp_path: Path, tmp_path_fa
     def record(what: str, argv: list[str], code: int, err: str, *fragments: str) -> str:
         message = assert_one_line_error(code, err, *fragments)
         command = shlex.join(["fasttarget", *map(str, argv)])
-        folders = (tmp_path, tmp_path_factory.getbasetemp())
+        base = tmp_path_factory.getbasetemp()
         request.config.stash[_RECORDS].append(
-            BadInput(request.node.nodeid, what, _relative(command, *folders), _relative(message, *folders)))
+            BadInput(request.node.nodeid, what, _relative(command, base), _relative(message, base)))
         return message
 
     return record
