@@ -8,7 +8,10 @@ baseline: ``fasttarget train`` run N times) or as one fleet:
   :class:`fasttarget.fused.FleetStep`, in contiguous and in channels_last memory format;
 - ``vmap``: ``torch.func.stack_module_state`` + ``vmap(functional_call)``. vmap rejects
   BatchNorm's in-place running-statistics updates, so its BatchNorms here track none: it
-  does less work than a real fleet, and its number is an upper bound on that approach.
+  does less work than a real fleet, and its number is an upper bound on that approach;
+- ``parallel``: no fusion, the members' solo steps run concurrently, one Python thread per
+  core with one intra-op thread each (the cores' parallelism spent across members instead of
+  inside each narrow kernel).
 
 Each row pairs one fleet variant with the solo runs in one memory format (channels_last is
 what ``fasttarget train`` uses; contiguous is measured too): calls alternate order and the
@@ -111,7 +114,25 @@ def vmap_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequence, s
     return run
 
 
-FLEETS = {"fused": fused_fleet, "vmap": vmap_fleet}
+def parallel_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequence, steps: int) -> Callable[[], None]:
+    """The members' solo runs side by side: as many worker threads as intra-op threads, one intra-op thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = torch.get_num_threads()
+    shares = [solo_runs(len(range(w, n, workers)), width, fmt, data, steps) for w in range(min(workers, n))]
+    pool = ThreadPoolExecutor(len(shares))
+
+    def run() -> None:
+        torch.set_num_threads(1)
+        try:
+            list(pool.map(lambda share: share(), shares))
+        finally:
+            torch.set_num_threads(workers)
+
+    return run
+
+
+FLEETS = {"fused": fused_fleet, "vmap": vmap_fleet, "parallel": parallel_fleet}
 
 
 class CpuTimed:

@@ -19,7 +19,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fasttarget.errors import UserError
 from fasttarget.fused import FleetStep, FusedClassifier, FusedStudent, by_member

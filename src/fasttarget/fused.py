@@ -37,7 +37,7 @@ Example:
     >>> for seed in range(3):
     ...     _ = torch.manual_seed(seed)
     ...     students.append(build_student(ModelConfig(width=0.125), "separation"))
-    >>> fleet = FusedStudent.from_students(students)
+    >>> fleet = FusedStudent(students)
     >>> g, h = fleet(torch.zeros(2, 3, 32, 32))
     >>> g.shape
     torch.Size([3, 2, 10])
@@ -58,7 +58,7 @@ from torch import nn
 
 from fasttarget.errors import UserError
 from fasttarget.losses import loss_terms
-from fasttarget.models import Classifier, ModelConfig, Student
+from fasttarget.models import Classifier, Student
 
 
 def by_member(t: torch.Tensor, members: int) -> torch.Tensor:
