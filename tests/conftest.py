@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 _RECORDS = pytest.StashKey[list]()
+_REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,10 @@ def _cell(text: str) -> str:
 
 
 def _relative(text: str, basetemp: Path) -> str:
-    """``text`` with pytest's temporary folders (``BASETEMP/NAME<n>``) shown as ``<tmp>``: the same every run."""
-    return re.sub(r"<tmp>/[\w.-]+?\d+(?=[/\s'\"`:,)]|$)", "<tmp>", text.replace(str(basetemp), "<tmp>"))
+    """``text`` with pytest's temporary folders (``BASETEMP/NAME<n>``) shown as ``<tmp>`` and the checkout as
+    ``<repo>``: the same every run, on every machine."""
+    text = text.replace(str(basetemp), "<tmp>").replace(str(_REPO), "<repo>")
+    return re.sub(r"<tmp>/[\w.-]+?\d+(?=[/\s'\"`:,)]|$)", "<tmp>", text)
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
@@ -160,7 +163,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
 
 @pytest.fixture
 def user_error(run_cli, record_bad_input):
-    """``user_error(what, *args, expect=(fragments...)) -> message``: run a bad command, check, record it.
+    """``user_error(what, *args, expect=fragment(s)) -> message``: run a bad command, check, record it.
 
     Example::
 
@@ -169,8 +172,9 @@ def user_error(run_cli, record_bad_input):
                        "--out", tmp_path / "run", expect=("--lr",))
     """
 
-    def run(what: str, *args, expect: tuple[str, ...] = ()) -> str:
+    def run(what: str, *args, expect: str | tuple[str, ...] = ()) -> str:
         code, _, err = run_cli(*args)
-        return record_bad_input(what, list(args), code, err, *expect)
+        fragments = (expect,) if isinstance(expect, str) else expect
+        return record_bad_input(what, list(args), code, err, *fragments)
 
     return run
