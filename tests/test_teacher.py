@@ -95,6 +95,10 @@ def test_teacher_filenames():
     ({"accuracies": ()}, "no teacher to train"),
     ({"accuracies": (0.3, 0.3)}, "twice"),
     ({"ipc": 10, "fraction": 0.5}, "ipc"),
+    ({"lr": -1.0}, "--lr must be a positive number"),
+    ({"lr": float("nan")}, "--lr must be a positive number"),
+    ({"weight_decay": -0.1}, "--weight-decay must be a number, 0 or more"),
+    ({"max_steps": 0}, "--max-steps must be at least 1"),
 ])
 def test_bad_ladder_configs_are_user_errors(tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -50,6 +50,7 @@ from fasttarget.train import (
     Throughput,
     autocast,
     build_optimizer,
+    check_hyperparameters,
     evaluate,
     iterate_steps,
     prepare_model,
@@ -131,9 +132,8 @@ class LadderConfig:
             raise UserError(f"--accuracies lists a target twice: {list(self.accuracies)}")
         if self.arch not in ARCHS:
             raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
-        for name in ("max_steps", "eval_every", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        check_hyperparameters(self.lr, self.weight_decay, max_steps=self.max_steps, eval_every=self.eval_every,
+                              batch_size=self.batch_size)
         if not 0 < self.tolerance < 1:
             raise UserError(f"--tolerance must be a fraction in (0, 1), got {self.tolerance}: write 0.01 for 1 %")
         training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
