@@ -67,6 +67,8 @@ CHECKPOINT = Path("checkpoints") / "last.pt"
 RUN_FILES = (Path("config.json"), Path("metrics.jsonl"), Path("final.json"), CHECKPOINT)
 LOCK_FILE = ".lock"
 TERMS = ("loss_b", "loss_h", "loss")
+# The end of every message refusing a run's checkpoint.
+CHECKPOINT_FIX = "restore a backup of it, or pass --force to start the run over"
 # Host syncs for the progress bar happen this often (a sync per step would stall CUDA).
 BAR_EVERY = 10
 # Fields that may differ between a run and its resumption: where its inputs and outputs live (the
@@ -486,7 +488,7 @@ def _shown(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def _claimed(out: Path) -> Iterator[None]:
+def claimed(out: Path) -> Iterator[None]:
     """Create the run directory and hold its lock; then no other process writes it, and the
     temporary files of a killed run (``.NAME.PID.tmp``, see _temporary) are removed.
 
@@ -547,18 +549,45 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     rank, _ = distributed_info()
     # Only rank 0 writes the run directory, so only it claims it.
-    with _claimed(cfg.out) if rank == 0 else contextlib.nullcontext():
+    with claimed(cfg.out) if rank == 0 else contextlib.nullcontext():
         return _train(cfg, rank)
 
 
-def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
+@dataclass
+class OpenedRun:
+    """A run directory checked and its inputs opened (:func:`open_run`), before anything trains.
+
+    Attributes:
+        cfg: the run's config.
+        meta: its dataset's :class:`~fasttarget.dataset.DatasetMeta`.
+        resolved: what ``config.json`` holds (written when the run first starts).
+        targets: its target provider.
+        final: the ``final.json`` of a run that already ended (resumed: nothing left to do), else ``None``.
+    """
+
+    cfg: TrainConfig
+    meta: Any
+    resolved: dict[str, Any]
+    targets: Any
+    final: dict[str, Any] | None
+
+
+def open_run(cfg: TrainConfig, device: torch.device, compiled: bool, rank: int, meta=None) -> OpenedRun:
+    """Check ``cfg.out`` against ``cfg`` (fresh, ``--resume`` of the same run, or ``--force``) and
+    open its dataset, teacher and cache; the caller holds the directory's lock (:func:`claimed`).
+
+    Args:
+        meta: ``cfg.data``'s :class:`~fasttarget.dataset.DatasetMeta` if already loaded.
+
+    Raises:
+        UserError: an existing run without ``resume`` or ``force``, one started with other
+            settings or inputs, a missing teacher, a bad cache.
+    """
     from fasttarget.dataset import DatasetMeta
-    from fasttarget.loader import build_loader
     from fasttarget.targets import TargetConfig, build_targets
 
     out = cfg.out
-    config_path, ckpt_path, final_path = out / "config.json", out / CHECKPOINT, out / "final.json"
-    saved = _saved_config(config_path)
+    saved = _saved_config(out / "config.json")
     if saved is not None and not (cfg.resume or cfg.force):
         raise UserError(f"{out} already holds a run: pass --resume to continue it, --force to start it over, "
                         "or choose another --out")
@@ -567,12 +596,9 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
         if rank == 0:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-
     if cfg.teacher is not None and not cfg.teacher.is_file():
         raise UserError(f"teacher checkpoint {cfg.teacher} does not exist: train one with `fasttarget teacher`")
-    meta = DatasetMeta.load(cfg.data)
-    device = resolve_device(cfg.device)
-    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    meta = meta if meta is not None else DatasetMeta.load(cfg.data)
     resolved = _resolved(cfg, meta, device, compiled)
     if saved is not None:  # before Strategy C's cache is built: resuming with another teacher fails at once
         _check_same_run(saved, resolved, out,
@@ -585,29 +611,66 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
     )
     if cfg.strategy == "C":
         resolved.update(_cache_identity(targets.cache))
+    final = None
     if saved is not None:
         _check_same_run(saved, resolved, out, ("teacher_sha256", "cache_sha256"))
-        if final_path.is_file():
-            return json.loads(final_path.read_text())
-    subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
-    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset),
-                          targets=targets)
-    test_loader = build_loader(eval_loader_config(cfg.data, device))
+        if (out / "final.json").is_file():
+            final = json.loads((out / "final.json").read_text())
+    return OpenedRun(cfg, meta, resolved, targets, final)
 
+
+def start_run(run: OpenedRun, start_step: int, rank: int) -> dict[str, Any]:
+    """Write ``config.json`` (once) and cut ``metrics.jsonl`` back to ``start_step``; returns the
+    latest kept evaluation (``{}`` without one)."""
+    out = run.cfg.out
+    kept = _read_metrics(out / "metrics.jsonl", start_step)
+    if rank == 0:
+        if not (out / "config.json").is_file():
+            write_json(out / "config.json", run.resolved)
+        (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    return json.loads(kept[-1]) if kept else {}
+
+
+def checkpoint_entries(cfg: TrainConfig, step: int, wall_s: float, batches_per_epoch: int,
+                       student: dict[str, torch.Tensor], optimizer: dict[str, Any]) -> dict[str, Any]:
+    """The contents of a run's ``checkpoints/last.pt`` (a fleet member's too)."""
+    return {
+        "format": RUN_FORMAT, "step": step, "wall_s": wall_s,
+        "loader": dict(zip(("epoch", "batch"), divmod(step, batches_per_epoch))),
+        "student": student, "optimizer": optimizer, "rng": rng_state(), "config": cfg.to_json(),
+    }
+
+
+def build_run_student(cfg: TrainConfig, meta) -> nn.Module:
+    """The student of a run, initialized from its seed as every run of that seed is."""
     torch.manual_seed(cfg.seed)
     image_size = meta.image_shape[0] if meta.image_shape else 224
     model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
-    student, forward = prepare_model(build_student(model_cfg, cfg.loss), device, cfg.compile)
+    return build_student(model_cfg, cfg.loss)
+
+
+def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
+    from fasttarget.loader import build_loader
+
+    device = resolve_device(cfg.device)
+    compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    run = open_run(cfg, device, compiled, rank)
+    if run.final is not None:
+        return run.final
+    meta = run.meta
+    subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
+    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset),
+                          targets=run.targets)
+    test_loader = build_loader(eval_loader_config(cfg.data, device))
+
+    student, forward = prepare_model(build_run_student(cfg, meta), device, cfg.compile)
     optimizer = build_optimizer(student, cfg.lr, cfg.weight_decay)
 
+    ckpt_path = cfg.out / CHECKPOINT
     start_step, wall_before = 0, 0.0
     if cfg.resume and ckpt_path.is_file():
         start_step, wall_before = _load_checkpoint(ckpt_path, student, optimizer)
-    kept = _read_metrics(out / "metrics.jsonl", start_step)
-    if rank == 0:
-        if not config_path.is_file():
-            write_json(config_path, resolved)
-        (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    last = start_run(run, start_step, rank)
     num_classes = meta.num_classes
 
     def step_fn(batch) -> dict[str, torch.Tensor]:
@@ -621,18 +684,13 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
         return terms
 
     def checkpoint(step: int, wall_s: float) -> None:
-        atomic_torch_save({
-            "format": RUN_FORMAT, "step": step, "wall_s": wall_s,
-            "loader": dict(zip(("epoch", "batch"), divmod(step, len(loader)))),
-            "student": _unwrap(student).state_dict(), "optimizer": optimizer.state_dict(),
-            "rng": rng_state(), "config": cfg.to_json(),
-        }, ckpt_path)
+        atomic_torch_save(checkpoint_entries(cfg, step, wall_s, len(loader), _unwrap(student).state_dict(),
+                                             optimizer.state_dict()), ckpt_path)
 
-    last = json.loads(kept[-1]) if kept else {}
     final = _run_steps(cfg, loader, step_fn, lambda: evaluate(student, test_loader, device),
                        checkpoint, start_step, wall_before, device, rank, last)
     if rank == 0:
-        write_json(final_path, final)
+        write_json(cfg.out / "final.json", final)
     return final
 
 
@@ -642,7 +700,7 @@ def _load_checkpoint(path: Path, student: nn.Module, optimizer: torch.optim.Opti
     Raises:
         UserError: the file is unreadable (truncated, corrupted) or does not fit this run.
     """
-    fix = "restore a backup of it, or pass --force to start the run over"
+    fix = CHECKPOINT_FIX
     state = read_checkpoint(path, RUN_FORMAT, fix)
     try:
         student.load_state_dict(state["student"])
