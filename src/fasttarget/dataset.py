@@ -181,9 +181,12 @@ def beton_path(directory: str | Path, split: str, *, meta: DatasetMeta | None = 
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex of a file's bytes (``sha256sum`` gives the same)."""
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    """SHA-256 hex of a file's bytes (``sha256sum`` gives the same): names betons, teachers and caches."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:  # hashlib.file_digest would do this, but only from Python 3.11
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _reconvert(directory: str | Path, meta: DatasetMeta) -> str:

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from fasttarget.dataset import file_sha256  # noqa: F401 (re-exported: teachers are named by it)
 from fasttarget.errors import UserError
 
 ARCHS = ("resnet18", "resnet50", "vit_s")
@@ -272,15 +272,6 @@ def read_checkpoint(path: Path, expected_format: str, fix: str) -> dict[str, Any
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise UserError(f"{path} is not a {expected_format} checkpoint (found {found!r}): {fix}")
     return payload
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (names a teacher checkpoint in caches and run configs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
