@@ -392,7 +392,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _temporary(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
     """Where an atomic write of ``path`` goes first (a kill can leave it behind: see _remove_temporaries)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -400,14 +400,14 @@ def _temporary(path: Path) -> Path:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name, then rename: a kill never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     torch.save(obj, tmp)
     tmp.replace(path)
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write a JSON file atomically."""
-    tmp = _temporary(path)
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     tmp.replace(path)
 
@@ -490,7 +490,7 @@ def _shown(value: Any) -> str:
 @contextlib.contextmanager
 def claimed(out: Path) -> Iterator[None]:
     """Create the run directory and hold its lock; then no other process writes it, and the
-    temporary files of a killed run (``.NAME.PID.tmp``, see _temporary) are removed.
+    temporary files of a killed run (``.NAME.PID.tmp``, see temporary_path) are removed.
 
     Raises:
         UserError: ``out`` is a file or cannot be created; another process holds the lock.

@@ -79,7 +79,8 @@ def teacher(
 
 def train(
     data: Path = typer.Option(..., "--data", help="Converted dataset directory."),
-    strategy: str = typer.Option(..., "--strategy", help="A (one-hot), B (online teacher) or C (cached teacher)."),
+    strategy: Optional[str] = typer.Option(
+        None, "--strategy", help="A (one-hot), B (online teacher) or C (cached teacher); or use --member."),
     out: Path = typer.Option(..., "--out", help="Run directory (config.json, metrics.jsonl, checkpoints, final.json)."),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint (B; C builds its cache from it)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Strategy C's logits cache (fasttarget cache build)."),
@@ -104,18 +105,29 @@ def train(
     device: Optional[str] = DeviceOption,
     compile: Optional[bool] = CompileOption,
     progress: bool = ProgressOption,
+    member: Optional[list[str]] = typer.Option(
+        None, "--member", help="Train a fleet instead: one student per --member [NAME=]A|B=TEACHER|C=CACHE.h5, "
+                               "each writing --out/NAME as its solo run would (repeat the option)."),
 ) -> None:
-    """Train a student on Strategy A, B or C targets and write its run directory."""
+    """Train a student on Strategy A, B or C targets and write its run directory (or a fleet: --member)."""
+    from fasttarget.errors import UserError
     from fasttarget.train import TrainConfig, distributed_info
     from fasttarget.train import train as run_train
 
+    if member and (strategy or teacher or cache):
+        raise UserError("--member gives each fleet member its strategy and file: drop --strategy/--teacher/--cache")
+    if not member and strategy is None:
+        raise UserError("pass --strategy A|B|C (one run) or --member … (a fleet): see `fasttarget train --help`")
     cfg = TrainConfig(
-        data=data, out=out, strategy=strategy.upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
+        data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, arch=arch, width=width, loss=loss, temperature=temperature,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, compile=compile,
         resume=resume, force=force, progress=progress,
     )
+    if member:
+        _train_fleet(cfg, member)
+        return
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         _join_torchrun(device)
@@ -130,6 +142,17 @@ def train(
     if rank == 0:
         typer.echo(f"{out}: step {final['step']}  test top-1 h {final['test_acc_h']:.2%}  "
                    f"g {final['test_acc_g']:.2%}  ({final['wall_s']:.0f} s)")
+
+
+def _train_fleet(base, specs: list[str]) -> None:
+    from fasttarget.fleet import FleetConfig, parse_members, train_fleet
+
+    finals = train_fleet(FleetConfig(base, parse_members(specs)))
+    for name, final in finals.items():
+        accuracy = (f"test top-1 h {final['test_acc_h']:.2%}  g {final['test_acc_g']:.2%}"
+                    if final["test_acc_h"] is not None else "no evaluation")
+        typer.echo(f"{base.out / name}: {final['status']} at step {final['step']}  {accuracy}  "
+                   f"({final['wall_s']:.0f} s)")
 
 
 def _join_torchrun(device: str | None) -> None:

@@ -1,0 +1,383 @@
+"""Fleet training: N students of one shape on one loader pass, each writing its own run directory.
+
+``fasttarget train --member A --member B=teachers/t30.pt --member C=caches/t30.h5 --out DIR``
+trains the members side by side: one loader pass, one gather and one augmentation per batch,
+the students fused into one network (:class:`fasttarget.fused.FusedStudent`), and for each
+member its own targets, loss terms, AdamW state, evaluation, checkpoints and metrics. Member
+``name`` writes ``DIR/<name>/`` exactly as ``fasttarget train --strategy … --out DIR/<name>``
+would (``config.json`` is that solo run's, ``metrics.jsonl``, ``checkpoints/last.pt``,
+``final.json``), so ``report`` and every other tool read it unchanged, and ``DIR/fleet.json``
+lists the members in order.
+
+Members share everything but their targets: data, subset, seed (so initialization, data order
+and augmentation parameters, as paired solo runs of one seed do), architecture, width, loss,
+temperature, batch size, steps and optimizer settings. A member trains like its solo run up to
+float32 summation order (see ``docs/design.md``, "Fused students").
+
+A member whose loss turns non-finite is stopped by :class:`~fasttarget.fused.FleetStep` on the
+device; at the next evaluation its ``final.json`` says ``"status": "failed"`` with the step and
+the reason, and the others train on untouched. Every evaluation reads the members' state once
+(the evaluation is a host sync anyway), so no step waits on the host.
+
+Resume (``--resume``) after a kill continues every member from its ``checkpoints/last.pt``; the
+members' checkpoints of one step are all written before any of them replaces the previous one,
+so a kill leaves them at one step (see :func:`_save_checkpoints`).
+
+Example:
+    >>> parse_members(["A", "t30=B=teachers/t30.pt"], check_files=False)[1]
+    Member(name='t30', strategy='B', teacher=PosixPath('teachers/t30.pt'), cache=None)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fasttarget.errors import UserError
+from fasttarget.losses import hard_targets
+from fasttarget.models import read_checkpoint
+from fasttarget.targets import STRATEGIES
+from fasttarget.train import (
+    BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Progress, Throughput, TrainConfig, autocast,
+    build_optimizer, build_run_student, checkpoint_entries, claimed, distributed_info, eval_loader_config,
+    iterate_steps, open_run, prepare_model, resolve_device, set_rng_state, start_run, temporary_path,
+    train_loader_config, training_subset, write_json,
+)
+
+FLEET_FORMAT = "fasttarget-fleet/1"
+FLEET_FILE = "fleet.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Architectures whose layers all fuse (fasttarget.fused): checked before any file is opened.
+_FUSABLE = ("resnet18", "resnet50")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One student of a fleet: its run directory's name and its targets.
+
+    Args:
+        name: the member's directory under the fleet's ``--out``.
+        strategy: ``"A"``, ``"B"`` or ``"C"`` (see :class:`fasttarget.train.TrainConfig`).
+        teacher: B's teacher, or the teacher C builds its cache from.
+        cache: C's logits cache.
+    """
+
+    name: str
+    strategy: str
+    teacher: Path | None = None
+    cache: Path | None = None
+
+
+def parse_members(specs: Sequence[str], check_files: bool = True) -> tuple[Member, ...]:
+    """``--member`` values → members with unique names.
+
+    A spec is ``[NAME=]STRATEGY[=FILE]``: ``A``; ``B=TEACHER.pt``; ``C=CACHE.h5`` (a file ending in
+    ``.h5`` is a cache, any other a teacher whose cache is built next to it, as ``--teacher`` does
+    for a solo C run). Without a name one is made from the strategy and the file's stem (``A``,
+    ``B-t30``, ``C-t30``), numbered ``-2``, ``-3`` … where that repeats a name.
+
+    Args:
+        check_files: refuse files that do not exist.
+
+    Raises:
+        UserError: a bad spec (unknown strategy, a file for A, none for B/C, a missing file, a
+            name that is not a plain directory name), or one name given twice.
+    """
+    parsed = [_parse_member(spec, check_files) for spec in specs]
+    given = [name for name, _ in parsed if name is not None]
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise UserError(f"--member name {repeated[0]!r} is given twice: give each member its own name")
+    taken, members = set(given), []
+    for name, member in parsed:
+        if name is None:
+            stem = member.strategy if member.strategy == "A" else f"{member.strategy}-{_file(member).stem}"
+            name, number = stem, 1
+            while name in taken:
+                number += 1
+                name = f"{stem}-{number}"
+            taken.add(name)
+        members.append(dataclasses.replace(member, name=name))
+    return tuple(members)
+
+
+def _file(member: Member) -> Path:
+    return member.cache if member.cache is not None else member.teacher
+
+
+def _parse_member(spec: str, check_files: bool) -> tuple[str | None, Member]:
+    parts = spec.split("=")
+    name = None
+    if len(parts) == 3:
+        name, *parts = parts
+    elif len(parts) == 2 and parts[0].upper() not in STRATEGIES:
+        name, *parts = parts
+    elif len(parts) > 3:
+        raise UserError(f"--member {spec!r} is not [NAME=]STRATEGY[=FILE]: e.g. A, B=teacher.pt or t30=C=t30.h5")
+    strategy, path = parts[0].upper(), Path(parts[1]) if len(parts) == 2 else None
+    if name is not None and not _NAME.fullmatch(name):
+        raise UserError(f"--member {spec!r}: the name {name!r} is not a plain directory name: use letters, digits, "
+                        "'.', '_' and '-'")
+    if strategy not in STRATEGIES:
+        raise UserError(f"--member {spec!r}: unknown strategy {parts[0]!r}: choose one of {', '.join(STRATEGIES)}")
+    if strategy == "A" and path is not None:
+        raise UserError(f"--member {spec!r}: strategy A trains on one-hot labels and takes no file: pass --member A")
+    if strategy != "A" and path is None:
+        what = "a teacher checkpoint" if strategy == "B" else "a cache (.h5) or a teacher checkpoint"
+        raise UserError(f"--member {spec!r}: strategy {strategy} needs {what}: pass --member {strategy}=FILE")
+    if check_files and path is not None and not path.is_file():
+        raise UserError(f"--member {spec!r}: {path} does not exist: train a teacher with `fasttarget teacher` "
+                        "or build a cache with `fasttarget cache build`")
+    cache = path if strategy == "C" and path.suffix == ".h5" else None
+    teacher = path if path is not None and cache is None else None
+    return name, Member(name or "", strategy, teacher, cache)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """A fleet: the settings its members share and the members.
+
+    Args:
+        base: the shared settings as a solo run's config: ``out`` is the fleet's directory,
+            ``strategy`` ``"A"`` and no teacher or cache (the members have theirs).
+        members: at least one, names unique (:func:`parse_members`).
+
+    Raises:
+        UserError: no members, repeated names, an architecture that does not fuse, or a
+            member whose solo config is refused.
+    """
+
+    base: TrainConfig
+    members: tuple[Member, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(self.members))
+        if not self.members:
+            raise UserError("a fleet needs at least one --member")
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise UserError("--member names repeat: give each member its own name")
+        if self.base.arch not in _FUSABLE:
+            raise UserError(f"--arch {self.base.arch} does not fuse into a fleet: use --arch "
+                            f"{' or '.join(_FUSABLE)}, or train its members as solo runs with --strategy")
+        for member in self.members:
+            self.member_config(member)  # validates
+
+    def member_config(self, member: Member) -> TrainConfig:
+        """The config of ``member``'s solo run: what its ``config.json`` holds."""
+        return dataclasses.replace(self.base, out=self.base.out / member.name, strategy=member.strategy,
+                                   teacher=member.teacher, cache=member.cache)
+
+
+class FleetTargets:
+    """Every member's targets of one batch, ``[N, B, K]``: each member's provider on the shared view."""
+
+    def __init__(self, providers: Sequence[Any]):
+        self.providers = list(providers)
+        self.num_classes = self.providers[0].num_classes
+
+    def __call__(self, batch) -> torch.Tensor:
+        return torch.stack([provider(batch) for provider in self.providers])
+
+
+@torch.no_grad()
+def evaluate_fleet(net: torch.nn.Module, loader, device: torch.device) -> tuple[list[float], list[float]]:
+    """Each member's top-1 accuracy of ``g`` and of ``h`` over ``loader``: ``(acc_g [N], acc_h [N])``."""
+    was_training = net.training
+    net.eval()
+    correct, total = None, 0
+    for batch in loader:
+        with autocast(device):
+            logits_g, logits_h = net(batch.images)
+        hits = torch.stack([(logits.argmax(2) == batch.labels).sum(1) for logits in (logits_g, logits_h)])
+        correct = hits if correct is None else correct + hits
+        total += batch.labels.numel()
+    net.train(was_training)
+    if correct is None:
+        raise UserError("the test split is empty: reconvert the dataset with a test split")
+    acc_g, acc_h = (correct.double() / total).tolist()
+    return acc_g, acc_h
+
+
+def train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
+    """Train the fleet and write its members' run directories; returns each member's ``final.json``.
+
+    Raises:
+        UserError: as :func:`fasttarget.train.train`, for any member; a fleet started under
+            ``torchrun``; a fleet to resume with other members, or whose checkpoints disagree.
+    """
+    if distributed_info()[1] > 1:
+        raise UserError("fleets train in one process: start `fasttarget train --member …` without torchrun")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(claimed(cfg.base.out))
+        for member in cfg.members:
+            stack.enter_context(claimed(cfg.base.out / member.name))
+        return _train_fleet(cfg)
+
+
+def _check_fleet_file(cfg: FleetConfig) -> None:
+    """A fleet resumes with the members it started with, in their order (they index the fused state)."""
+    path = cfg.base.out / FLEET_FILE
+    names = [m.name for m in cfg.members]
+    if cfg.base.resume and path.is_file():
+        saved = json.loads(path.read_text()).get("members") or []
+        if saved != names:
+            raise UserError(f"{cfg.base.out} holds a fleet of members {', '.join(saved)}, not {', '.join(names)}: "
+                            "resume with the same --member options in the same order, or pass --force")
+
+
+def _train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
+    from fasttarget.dataset import DatasetMeta
+    from fasttarget.fused import FleetStep, FusedStudent
+    from fasttarget.loader import build_loader
+
+    base, n = cfg.base, len(cfg.members)
+    _check_fleet_file(cfg)
+    device = resolve_device(base.device)
+    compiled = base.compile if base.compile is not None else device.type == "cuda"
+    meta = DatasetMeta.load(base.data)
+    runs = [open_run(cfg.member_config(m), device, compiled, 0, meta) for m in cfg.members]
+    if all(run.final is not None for run in runs):
+        return {m.name: run.final for m, run in zip(cfg.members, runs)}
+    write_json(base.out / FLEET_FILE, {"format": FLEET_FORMAT, "members": [m.name for m in cfg.members]})
+
+    students = [build_run_student(run.cfg, meta) for run in runs]
+    # prepare_model's CPU width check looks for nn.Conv2d, which the fused network no longer holds.
+    prepare_model(students[0], device, compile=False)
+    net = FusedStudent(students).to(device=device, memory_format=torch.channels_last)
+    del students
+    forward = torch.compile(net) if compiled else net
+    optimizer = build_optimizer(net, base.lr, base.weight_decay)
+    step = FleetStep(net, optimizer, base.temperature, forward=forward, autocast=lambda: autocast(device))
+
+    live = [i for i, run in enumerate(runs) if run.final is None]
+    for i in set(range(n)) - set(live):  # ended (failed) before: kept stopped
+        step.stop(i)
+    start_step, wall_before = _resume(cfg, runs, live, net, optimizer) if base.resume else (0, 0.0)
+    last = {i: start_run(runs[i], start_step, 0) for i in live}
+
+    subset = training_subset(base.ipc, base.fraction, base.subset_seed)
+    loader = build_loader(train_loader_config(base.data, base.batch_size, base.aug, base.seed, device, subset),
+                          targets=FleetTargets([run.targets for run in runs]))
+    test_loader = build_loader(eval_loader_config(base.data, device))
+
+    started = time.perf_counter() - wall_before
+    throughput = Throughput(device)
+    sums, count = torch.zeros(n, len(TERMS), device=device), 0
+    failed_at = torch.zeros(n, dtype=torch.long, device=device)
+    acc = {i: (last[i].get("test_acc_g"), last[i].get("test_acc_h")) for i in live}
+    progress = Progress(base.steps, start_step, f"fleet of {n}", base.progress)
+    try:
+        for step_no, batch in iterate_steps(loader, start_step, base.steps):
+            was_active = step.active.clone()
+            terms = step(batch.images, batch.targets, hard_targets(batch.labels, meta.num_classes, batch.record))
+            failed_at = torch.where(was_active & ~step.active, step_no, failed_at)
+            sums += torch.stack([terms[k].float() for k in TERMS], 1)
+            count += 1
+            throughput.images += base.batch_size
+            if step_no % BAR_EVERY == 0:
+                progress.update(step_no, _live_mean(terms["loss"], step.active), throughput.rate())
+            if step_no % base.eval_every and step_no != base.steps:
+                continue
+            throughput.pause()
+            active, failed_steps = step.active.tolist(), failed_at.tolist()
+            acc_g, acc_h = evaluate_fleet(net, test_loader, device)
+            means = (sums / count).tolist()
+            wall_s = time.perf_counter() - started
+            for i in list(live):
+                if not active[i]:
+                    live.remove(i)
+                    write_json(runs[i].cfg.out / "final.json", {
+                        "status": "failed", "step": failed_steps[i], "test_acc_h": acc[i][1],
+                        "test_acc_g": acc[i][0], "wall_s": wall_s,
+                        "error": f"the loss became non-finite at step {failed_steps[i]}: the member was stopped "
+                                 "there (the rest of the fleet trained on)"})
+                    continue
+                acc[i] = (acc_g[i], acc_h[i])
+                row = {"step": step_no, "images_seen": step_no * base.batch_size, "test_acc_h": acc_h[i],
+                       "test_acc_g": acc_g[i], **dict(zip(TERMS, means[i])), "img_per_s": throughput.rate(),
+                       "wall_s": wall_s}
+                with open(runs[i].cfg.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if live and (step_no % base.checkpoint_every == 0 or step_no == base.steps):
+                _save_checkpoints(runs, live, net, optimizer, step_no, wall_s, len(loader))
+            progress.acc = " ".join(f"{acc_h[i]:.0%}" for i in live) or "-"
+            progress.update(step_no, _live_mean(terms["loss"], step.active), throughput.rate())
+            if not live:
+                break
+            sums.zero_()
+            count = 0
+            throughput.reset()
+    finally:
+        progress.close()
+    wall_s = time.perf_counter() - started
+    for i in live:
+        write_json(runs[i].cfg.out / "final.json", {"status": "done", "step": base.steps, "test_acc_h": acc[i][1],
+                                                    "test_acc_g": acc[i][0], "wall_s": wall_s})
+    return {m.name: json.loads((run.cfg.out / "final.json").read_text()) for m, run in zip(cfg.members, runs)}
+
+
+def _live_mean(loss: torch.Tensor, active: torch.Tensor) -> float:
+    """The mean loss of the members still training (for the progress bar; a host sync)."""
+    return torch.where(active, loss, torch.nan).nanmean().item()
+
+
+def _save_checkpoints(runs, live: list[int], net, optimizer, step: int, wall_s: float, batches: int) -> None:
+    """Each live member's ``last.pt``, exactly a solo run's entries.
+
+    All are written under temporary names before the first replaces its ``last.pt``: a kill
+    while saving leaves every member at the previous checkpoint, and one between the renames
+    (microseconds) is refused on resume (:func:`_resume`).
+    """
+    state = optimizer.state_dict()
+    written = []
+    for i in live:
+        path = runs[i].cfg.out / CHECKPOINT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_path(path)
+        torch.save(checkpoint_entries(runs[i].cfg, step, wall_s, batches, net.member_state_dict(i),
+                                      net.member_optimizer_state(state, i)), tmp)
+        written.append((tmp, path))
+    for tmp, path in written:
+        tmp.replace(path)
+
+
+def _resume(cfg: FleetConfig, runs, live: list[int], net, optimizer) -> tuple[int, float]:
+    """Load the live members' checkpoints into the fleet; returns ``(step, wall_s)`` (0 without any).
+
+    Stopped members take a live member's optimizer state as a stand-in: they are never stepped
+    nor written again.
+
+    Raises:
+        UserError: a checkpoint that is unreadable or does not fit, or members at different steps.
+    """
+    paths = {i: runs[i].cfg.out / CHECKPOINT for i in live}
+    states = {i: read_checkpoint(path, RUN_FORMAT, CHECKPOINT_FIX) for i, path in paths.items() if path.is_file()}
+    if not states:
+        return 0, 0.0
+    steps = {i: int(states[i]["step"]) if i in states else 0 for i in live}
+    if len(set(steps.values())) > 1:
+        shown = ", ".join(f"{cfg.members[i].name} at step {s}" for i, s in steps.items())
+        raise UserError(f"the checkpoints of the fleet in {cfg.base.out} are at different steps ({shown}): "
+                        "pass --force to start the fleet over")
+    stand_in = states[live[0]]["optimizer"]
+    try:
+        for i, state in states.items():
+            net.load_member_state_dict(i, state["student"])
+        optimizer.load_state_dict(net.fuse_optimizer_states(
+            [states[i]["optimizer"] if i in states else stand_in for i in range(len(runs))]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"the checkpoints in {cfg.base.out} do not fit this fleet ({err.__class__.__name__}): "
+                        f"{CHECKPOINT_FIX}") from err
+    first = states[live[0]]
+    set_rng_state(first["rng"])
+    return int(first["step"]), float(first["wall_s"])
