@@ -228,6 +228,20 @@ def test_a_member_with_a_nan_loss_stops_and_the_others_train_on():
         torch.testing.assert_close(net.member_state_dict(i), reference.member_state_dict(i), rtol=0, atol=0)
 
 
+def test_a_compiled_forward_steps_the_fleet_as_the_plain_one():
+    """``forward=torch.compile(net)`` (what a compiled fleet run passes) is taken as given, not
+    truth-tested (a compiled module's ``__len__`` raises), and steps the fleet as ``net`` does."""
+    net, fleet_step = fleet_of(solo_students())
+    reference, reference_step = fleet_of(solo_students())
+    compiled = torch.compile(net, backend="eager")  # dynamo's graph capture, no code generation: fast
+    fleet_step = FleetStep(net, fleet_step.optimizer, T, forward=compiled)
+    assert fleet_step.forward is compiled
+    images, soft, hard = batch(0)
+    torch.testing.assert_close(fleet_step(images, soft, hard), reference_step(images, soft, hard), rtol=0, atol=0)
+    for i in range(N):
+        torch.testing.assert_close(net.member_state_dict(i), reference.member_state_dict(i), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
 def test_nan_weights_of_one_member_do_not_reach_the_others(fmt):
     """A diverged member (NaN weights, so NaN activations in the fused kernels) stops changing,

@@ -369,7 +369,8 @@ class FleetStep:
                  forward: Callable[[torch.Tensor], Any] | None = None,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.net, self.optimizer, self.temperature = net, optimizer, temperature
-        self.forward = forward or net
+        # Not ``forward or net``: a compiled module's truth test raises (OptimizedModule.__len__).
+        self.forward = net if forward is None else forward
         self.autocast = autocast
         self.params = [p for p in net.parameters()]
         self.buffers = [b for b in net.buffers()]
