@@ -9,6 +9,8 @@ baseline: ``fasttarget train`` run N times) or as one fleet:
 - ``vmap``: ``torch.func.stack_module_state`` + ``vmap(functional_call)``. vmap rejects
   BatchNorm's in-place running-statistics updates, so its BatchNorms here track none: it
   does less work than a real fleet, and its number is an upper bound on that approach;
+- ``compiled``: ``fused`` with its forward (and so its backward) compiled by inductor's C++
+  backend, which fuses BatchNorm, ReLU and the residual adds around oneDNN's convolutions;
 - ``parallel``: no fusion, the members' solo steps run concurrently, one Python thread per
   core with one intra-op thread each (the cores' parallelism spent across members instead of
   inside each narrow kernel).
@@ -77,10 +79,12 @@ def solo_runs(n: int, width: float, fmt: torch.memory_format, data: Sequence, st
     return run
 
 
-def fused_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequence, steps: int) -> Callable[[], None]:
-    """One :class:`FusedStudent` of N members, ``steps`` steps."""
+def fused_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequence, steps: int,
+                compile: bool = False) -> Callable[[], None]:
+    """One :class:`FusedStudent` of N members, ``steps`` steps; its forward ``torch.compile``'d if ``compile``."""
     net = FusedStudent(students(n, width, fmt)).to(memory_format=fmt)
-    step = FleetStep(net, build_optimizer(net, 1e-3, 0.01), TEMPERATURE)
+    step = FleetStep(net, build_optimizer(net, 1e-3, 0.01), TEMPERATURE,
+                     forward=torch.compile(net) if compile else None)
 
     def run() -> None:
         for images, onehot in itertools.islice(itertools.cycle(data), steps):
@@ -132,7 +136,14 @@ def parallel_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequenc
     return run
 
 
-FLEETS = {"fused": fused_fleet, "vmap": vmap_fleet, "parallel": parallel_fleet}
+def compiled_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequence, steps: int) -> Callable[[], None]:
+    """:func:`fused_fleet` with an inductor-compiled forward (its compilation falls in the warm-up call)."""
+    return fused_fleet(n, width, fmt, data, steps, compile=True)
+
+
+FLEETS = {"fused": fused_fleet, "vmap": vmap_fleet, "parallel": parallel_fleet, "compiled": compiled_fleet}
+# Compiling ResNet-18's training graph takes minutes on two cores: asked for by name only.
+DEFAULT_FLEETS = ["fused", "vmap", "parallel"]
 
 
 class CpuTimed:
@@ -177,7 +188,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per member per timed call")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--variants", nargs="+", default=list(FLEETS), choices=list(FLEETS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_FLEETS, choices=list(FLEETS))
     parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     args = parser.parse_args()
     print(f"ResNet-18 width {args.width}, batch {args.batch}, {args.size} px, {args.steps} steps per member "
