@@ -49,7 +49,7 @@ def test_bench_all_writes_every_suite_with_the_json_keys(bench_json):
     rows = payload["rows"]
     assert all(set(row) == ROW_KEYS for row in rows)
     prefixes = {row["name"].split()[0] for row in rows}
-    assert prefixes == {"convert", "loader", "augment", "cache", "step"}
+    assert prefixes == {"convert", "loader", "augment", "cache", "step", "fleet"}
     assert {"loader resident b128", "loader resident b512", "augment stdaug b256", "cache gather b128",
             "cache gather b128 cold", "step A b128", "step B b128", "step C b128"} <= {row["name"] for row in rows}
     for row in rows:

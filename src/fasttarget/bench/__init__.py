@@ -26,6 +26,9 @@ Suites (``COMPARISONS[suite](ctx)`` yields them, :func:`run_suite` measures them
 - ``targets``: cache gather rows/s (memmap vs h5py fancy indexing and vs the cache read into
   memory; cold, vs h5py on a file dropped from the page cache) and cache build img/s (vs the
   bare teacher forward it wraps).
+- ``fleet``: aggregate student img/s of a fused fleet of N (one loader pass, Strategy C
+  members) against the same N students trained one after another (CPU: width ``cfg.width``,
+  N = 4, 8; CUDA: full width, compile + bf16, N = 8, 16, 32).
 - ``step``: a full training step (loader + augment + targets + student fwd/bwd/opt) vs
   the same student step on pre-staged tensors (the loader overhead) for Strategies A, B
   and C, and C's step against A's. On CUDA also the full-width student's img/s with
@@ -54,6 +57,9 @@ from typing import Callable, Iterator
 from fasttarget.bench.augment import AUGMENT_BATCH, augment_comparisons, kornia_chain, torchvision_chain
 from fasttarget.bench.context import DEVICES, SUITES, BenchConfig, BenchContext, has_module
 from fasttarget.bench.convert import convert_comparisons
+from fasttarget.bench.fleet import (
+    CPU_FLEETS, CUDA_FLEETS, FleetSteps, fleet_comparisons, fleet_name, solo_runs, table2_hours,
+)
 from fasttarget.bench.goals import (
     BARE_GATHER, BATCHED_LOADER, GOALS, H5PY_FANCY, H5PY_IN_MEMORY, KORNIA, KORNIA_RESAMPLE, PER_SAMPLE_LOADER,
     STAGED, Goal,
@@ -83,6 +89,11 @@ __all__ = [
     "Comparison",
     "COMPARISONS",
     "convert_comparisons",
+    "CPU_FLEETS",
+    "CUDA_FLEETS",
+    "FleetSteps",
+    "fleet_comparisons",
+    "fleet_name",
     "DEVICES",
     "drop_page_cache",
     "elapsed",
@@ -110,6 +121,7 @@ __all__ = [
     "Row",
     "run_benchmarks",
     "run_suite",
+    "solo_runs",
     "STAGED",
     "STEP_AUGMENT",
     "STEP_BATCH",
@@ -117,6 +129,7 @@ __all__ = [
     "STUDENT_BATCH",
     "StudentStep",
     "SUITES",
+    "table2_hours",
     "targets_comparisons",
     "torchvision_chain",
     "write_synthetic_cache",
@@ -128,6 +141,7 @@ COMPARISONS: dict[str, Callable[[BenchContext], Iterator[Comparison]]] = {
     "augment": augment_comparisons,
     "targets": targets_comparisons,
     "step": step_comparisons,
+    "fleet": fleet_comparisons,
 }
 
 

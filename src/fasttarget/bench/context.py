@@ -15,7 +15,7 @@ from fasttarget.bench.timing import Comparison, Row, measure
 from fasttarget.errors import UserError
 
 
-SUITES = ("convert", "loader", "augment", "targets", "step")
+SUITES = ("convert", "loader", "augment", "targets", "step", "fleet")
 DEVICES = ("cpu", "cuda")
 
 

@@ -59,4 +59,8 @@ GOALS: dict[tuple[str, str], Goal] = {
     ("step C b128", "step A b128"): Goal("C step ≤ 1.02× A", min_ratio=1 / 1.02),
     ("step B b128", "step A b128"): Goal("B step ≤ 1.15× A (side stream)", min_ratio=1 / 1.15, cuda_only=True),
     ("student w1 b512 compile+bf16", "eager float32"): Goal("≥ 60k img/s on H200", min_value=60_000, cuda_only=True),
+    # Issue 12: a fleet's aggregate img/s against its members trained one after another.
+    ("fleet C x8 b128", "8 solo runs in turn"): Goal("≥ 2× at N = 8", min_ratio=2),
+    ("fleet C x16 b128 w1 compile+bf16", "16 solo runs in turn"): Goal("≥ 4× at N = 16", min_ratio=4,
+                                                                        cuda_only=True),
 }
