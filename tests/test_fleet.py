@@ -209,3 +209,16 @@ def test_killed_fleet_resumes_to_the_same_metrics(sample_dir, inputs, tmp_path):
 def test_bad_member_inputs_are_one_line_errors(user_error, sample_dir, tmp_path, what, member_args, expect):
     user_error(what, "train", "--data", sample_dir, "--out", tmp_path / "fleet", *member_args, *QUICK, expect=expect)
     assert not (tmp_path / "fleet").exists()
+
+
+def test_throughput_stops_counting_time_at_pause(monkeypatch):
+    """The img/s of a metrics row excludes the evaluation after the pause (it was counted twice)."""
+    import fasttarget.train as train_module
+    from fasttarget.train import Throughput
+
+    now = iter([0.0, 10.0, 30.0])  # start, pause after 10 s of training, rate() read 20 s later
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: next(now))
+    throughput = Throughput(torch.device("cpu"))
+    throughput.images = 1000
+    throughput.pause()
+    assert throughput.rate() == pytest.approx(100.0)

@@ -328,13 +328,15 @@ class Throughput:
         self.images, self.seconds, self._start = 0, 0.0, time.perf_counter()
 
     def pause(self) -> None:
+        """Stop the clock (until :meth:`reset`): what follows, an evaluation say, is not training."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.seconds += time.perf_counter() - self._start
+        self._start = None
 
     def rate(self) -> float:
-        elapsed = self.seconds + time.perf_counter() - self._start
-        return self.images / max(elapsed, 1e-9)
+        running = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self.images / max(self.seconds + running, 1e-9)
 
     def reset(self) -> None:
         self.images, self.seconds, self._start = 0, 0.0, time.perf_counter()
