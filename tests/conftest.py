@@ -86,8 +86,9 @@ def _cell(text: str) -> str:
 
 def _relative(text: str, basetemp: Path) -> str:
     """``text`` with pytest's temporary folders (``BASETEMP/NAME<n>``) shown as ``<tmp>`` and the checkout as
-    ``<repo>``: the same every run, on every machine."""
+    ``<repo>`` and process ids as ``N``: the same every run, on every machine."""
     text = text.replace(str(basetemp), "<tmp>").replace(str(_REPO), "<repo>")
+    text = re.sub(r"\(pid \d+\)", "(pid N)", text)
     return re.sub(r"<tmp>/[\w.-]+?\d+(?=[/\s'\"`:,)]|$)", "<tmp>", text)
 
 
