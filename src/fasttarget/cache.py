@@ -50,8 +50,9 @@ from tqdm import tqdm
 from fasttarget.dataset import DatasetMeta, read_split
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
-from fasttarget.models import file_sha256
 from fasttarget.targets import TeacherModel, load_teacher
+from fasttarget.zoo import TeacherSpec, parse_teacher, teacher_file
+from fasttarget.zoo import teacher_sha256 as zoo_teacher_sha256
 
 CACHE_FORMAT = "fasttarget-target-cache"
 FORMAT_VERSION = 1
@@ -84,7 +85,7 @@ class CacheBuildConfig:
     """
 
     data: Path
-    teacher: Path
+    teacher: Path | TeacherSpec
     out: Path
     temperature: float = 2.0
     dtype: str = "float16"
@@ -94,8 +95,9 @@ class CacheBuildConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("data", "teacher", "out"):
+        for name in ("data", "out"):
             object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "teacher", parse_teacher(self.teacher))
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.batch_size < 1:
@@ -126,14 +128,15 @@ class CacheBuildReport:
 
 
 def teacher_sha256(path: str | Path) -> str:
-    """SHA-256 naming a teacher checkpoint, the key a cache records its teacher by.
+    """SHA-256 naming a teacher checkpoint, the key a cache records its teacher by
+    (for a ``torchvision:``/``timm:`` teacher, :func:`fasttarget.zoo.teacher_sha256`).
 
     Raises:
         UserError: the file does not exist.
     """
-    if not Path(path).is_file():
+    if not teacher_file(path).is_file():
         raise UserError(f"teacher checkpoint {path} does not exist: pass the checkpoint the cache was built from")
-    return file_sha256(path)
+    return zoo_teacher_sha256(path)
 
 
 def partial_path(out: str | Path) -> Path:
@@ -172,7 +175,7 @@ def _build_locked(cfg: CacheBuildConfig, meta: DatasetMeta) -> CacheBuildReport:
     teacher, teacher_accuracy = load_teacher(cfg.teacher, meta, device, compile=cfg.compile)
     images, _ = read_split(cfg.data, "train")
     identity = {
-        "teacher_sha256": file_sha256(cfg.teacher),
+        "teacher_sha256": teacher_sha256(cfg.teacher),
         "dataset_fingerprint": meta.fingerprint,
         "split": "train",
         "num_classes": meta.num_classes,
@@ -195,7 +198,7 @@ def _build_locked(cfg: CacheBuildConfig, meta: DatasetMeta) -> CacheBuildReport:
         f.attrs.update({
             "format": CACHE_FORMAT,
             "format_version": FORMAT_VERSION,
-            "teacher_path": str(cfg.teacher.resolve()),
+            "teacher_path": str(cfg.teacher.absolute()),
             "teacher_test_accuracy": float(teacher_accuracy),
             "temperature": float(cfg.temperature),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

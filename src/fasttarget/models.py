@@ -11,6 +11,8 @@ Architectures:
 - ``resnet50``: torchvision's ImageNet ResNet-50 (``width`` scales every stage too).
 - ``vit_s``: a ViT-S/16 (ViT-S/4 below 64 px) from torchvision's ``VisionTransformer``;
   ``width`` scales the embedding dimension.
+- ``torchvision:NAME``, ``timm:NAME``, ``module.path:factory``: a network from the ecosystem
+  (:mod:`fasttarget.zoo`).
 
 Example:
     >>> import torch
@@ -55,7 +57,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
+            from fasttarget.zoo import check_student_spec
+
+            check_student_spec(self.arch, ARCHS)
+            if self.width != 1.0:
+                raise UserError(f"--width scales the built-in architectures only: drop it for {self.arch}")
         if not 0 < self.width <= 8:
             raise UserError(f"--width must be in (0, 8], got {self.width}")
         if self.num_classes < 2:
@@ -137,7 +143,15 @@ class ViTBackbone(nn.Module):
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """Build the backbone φ; the returned module has a ``feature_dim`` attribute."""
+    """Build the backbone φ; the returned module has a ``feature_dim`` attribute.
+
+    An ``arch`` of the form ``torchvision:NAME``, ``timm:NAME`` or ``module.path:factory`` is built
+    by :func:`fasttarget.zoo.build_backbone`.
+    """
+    if cfg.arch not in ARCHS:
+        from fasttarget.zoo import build_backbone as build_ecosystem_backbone
+
+        return build_ecosystem_backbone(cfg.arch, cfg.num_classes, cfg.image_size)
     if cfg.arch == "resnet18":
         return ResNetBackbone(BasicBlock, [2, 2, 2, 2], cfg.width, cifar_stem=True)
     if cfg.arch == "resnet50":
@@ -196,6 +210,16 @@ class Student(nn.Module):
             logits = self.h(features)
             return logits, logits
         return self.g(features), self.h(features.detach())
+
+
+def student_classifier(student: Student) -> Classifier:
+    """The student's backbone φ and classifier ``h`` as one :class:`Classifier` sharing their
+    parameters: what a finished run saves as ``final.pt``."""
+    student = _unwrap(student)
+    net = Classifier.__new__(Classifier)
+    nn.Module.__init__(net)
+    net.config, net.backbone, net.head = student.config, student.backbone, student.h
+    return net
 
 
 @dataclass(frozen=True)

@@ -88,14 +88,19 @@ class TeacherModel:
     channels_last (faster for convolutions on CPU too); on CUDA under bf16 autocast and, if asked,
     ``torch.compile``\\ d, on CPU in float32.
 
+    uint8 images (``[B, 3, H, W]``, 0..255) are taken too and normalized with the teacher's mean/std.
+    With ``input_size`` images of another side are resized to it (bilinear, antialiased) after the
+    normalization, which commutes with it: an ecosystem teacher scores at its own resolution.
+
     Args:
         net: the teacher network (returns logits); put in eval mode and frozen here.
         data_mean, data_std: per-channel normalization of the incoming images (0..1 scale).
         teacher_mean, teacher_std: normalization the teacher was trained with; ``None`` = same as data.
         compile: ``torch.compile`` the forward (CUDA only; ignored on CPU where it does not pay off).
+        input_size: the side the teacher expects; ``None`` scores images at the size they come.
 
     Shape:
-        - Input: ``[B, 3, H, W]`` float, on the teacher's device.
+        - Input: ``[B, 3, H, W]`` float (or uint8), on the teacher's device.
         - Output: ``[B, K]`` float32.
 
     Example:
@@ -115,8 +120,10 @@ class TeacherModel:
         teacher_mean: Sequence[float] | None = None,
         teacher_std: Sequence[float] | None = None,
         compile: bool = False,
+        input_size: int | None = None,
     ):
         self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+        self.input_size = input_size
         self.device = next(net.parameters()).device
         self.num_classes = _num_classes(net)
         self._cuda = self.device.type == "cuda"
@@ -126,12 +133,20 @@ class TeacherModel:
             data_std if teacher_std is None else teacher_std,
             self.device,
         )
+        # 0..255 pixels to the teacher's normalization: data "mean" 0 and "std" 1/255.
+        self._from_uint8 = _renormalization((0.0,) * 3, (1 / 255,) * 3,
+                                            data_mean if teacher_mean is None else teacher_mean,
+                                            data_std if teacher_std is None else teacher_std, self.device)
         self._forward = torch.compile(self.net) if compile and self._cuda else self.net
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self._scale is not None:
-            images = torch.addcmul(self._shift, images, self._scale)
+        scale, shift = self._from_uint8 if images.dtype == torch.uint8 else (self._scale, self._shift)
+        if scale is not None:
+            images = torch.addcmul(shift, images.float(), scale)
+        if self.input_size is not None and images.shape[-2:] != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
         images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda):
             return self._forward(images).float()
@@ -143,17 +158,26 @@ def load_teacher(
     """Load a teacher checkpoint for a dataset and wrap it.
 
     Args:
-        path: a checkpoint written by :func:`fasttarget.models.save_classifier`.
+        path: a checkpoint written by :func:`fasttarget.models.save_classifier`, or an ecosystem
+            teacher ``torchvision:NAME[@SIZE]=FILE`` / ``timm:NAME[@SIZE]=FILE`` (:mod:`fasttarget.zoo`).
         meta: the dataset the teacher will score (its class count and normalization).
         device: where the teacher runs.
         compile: see :class:`TeacherModel`.
 
     Returns:
-        The wrapped teacher and the test accuracy recorded in its checkpoint.
+        The wrapped teacher and the test accuracy recorded in its checkpoint (NaN for a state dict,
+        which records none).
 
     Raises:
         UserError: the checkpoint is unreadable or has a different number of classes.
     """
+    from fasttarget.zoo import TeacherSpec, load_spec_teacher, parse_teacher
+
+    spec = parse_teacher(path)
+    if isinstance(spec, TeacherSpec):
+        net, pre = load_spec_teacher(spec, meta.num_classes, device)
+        return TeacherModel(net, meta.mean, meta.std, pre.mean, pre.std, compile=compile,
+                            input_size=pre.size), float("nan")
     net, info = load_classifier(path, device)
     if info.model.num_classes != meta.num_classes:
         raise UserError(

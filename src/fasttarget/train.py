@@ -11,6 +11,8 @@ run directory of ``docs/design.md``:
   ``test_acc_g``, ``loss_b``, ``loss_h``, ``loss`` — means over the steps since the previous
   evaluation — ``img_per_s``, ``wall_s``); accuracies are fractions in ``[0, 1]``;
 - ``checkpoints/last.pt``: student, optimizer, RNG states and loader position;
+- ``final.pt``: the trained student's backbone and classifier ``h`` in the format of
+  :func:`~fasttarget.models.save_classifier` (usable as ``--teacher`` and by ``load_classifier``);
 - ``final.json``: ``{"status": "done", "step", "test_acc_h", "test_acc_g", "wall_s"}``.
 
 One process writes a run directory at a time: :func:`train` holds ``.lock`` in it
@@ -46,7 +48,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +60,15 @@ from torch import nn
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
-from fasttarget.models import ModelConfig, _unwrap, file_sha256, read_checkpoint
+from fasttarget.models import ModelConfig, _unwrap, read_checkpoint
 from fasttarget.targets import STRATEGIES
+from fasttarget.zoo import TeacherSpec, parse_teacher, teacher_file, teacher_sha256
 
 RUN_FORMAT = "fasttarget-run/1"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 # What `--force` deletes: the files a run writes (the lock is held meanwhile).
-RUN_FILES = (Path("config.json"), Path("metrics.jsonl"), Path("final.json"), CHECKPOINT)
+FINAL_MODEL = Path("final.pt")
+RUN_FILES = (Path("config.json"), Path("metrics.jsonl"), Path("final.json"), FINAL_MODEL, CHECKPOINT)
 LOCK_FILE = ".lock"
 TERMS = ("loss_b", "loss_h", "loss")
 # The end of every message refusing a run's checkpoint.
@@ -84,16 +88,20 @@ class TrainConfig:
         data: converted dataset directory.
         out: run directory.
         strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
-        teacher: teacher checkpoint; required for B; for C it names the cache's teacher and,
+        teacher: teacher checkpoint, or ``torchvision:NAME[@SIZE]=FILE`` / ``timm:NAME[@SIZE]=FILE``
+            (a state dict, :mod:`fasttarget.zoo`); required for B; for C it names the cache's teacher and,
             without ``cache``, the cache is built (or reused) next to it.
         cache: Strategy C's logits cache (``fasttarget cache build``).
         aug: augmentation name (``fasttarget.augment``), e.g. ``"stdaug+mixup"``.
-        steps: optimizer steps to train.
+        steps: optimizer steps to train. With ``resume`` it may be raised above the run's: the run
+            then continues to the new count (the learning rate is constant, so this is the run trained
+            to the new count from the start; see :func:`open_run`).
         eval_every: steps between evaluations on the test split (the last step is always evaluated).
         checkpoint_every: steps between checkpoints, a multiple of ``eval_every`` (default: ``eval_every``).
         seed: seed of the initialization, data order and augmentation parameters.
         ipc, fraction, subset_seed: train on a class-stratified subset (images per class or a fraction).
-        arch, width: the student (``width`` multiplies ResNet-18's base width 64).
+        arch, width: the student (``width`` multiplies ResNet-18's base width 64); ``arch`` may also be
+            ``torchvision:NAME``, ``timm:NAME`` or ``module.path:factory`` (``--student``, :mod:`fasttarget.zoo`).
         loss: ``"separation"`` (the paper's) or ``"coupled"`` (plain KD), see :mod:`fasttarget.losses`.
         temperature: T of the soft targets and of ``g``'s softmax.
         batch_size: global batch (split across ranks under DDP).
@@ -108,7 +116,7 @@ class TrainConfig:
     data: Path
     out: Path
     strategy: str = "A"
-    teacher: Path | None = None
+    teacher: Path | TeacherSpec | None = None
     cache: Path | None = None
     aug: str = "stdaug"
     steps: int = 1000
@@ -132,10 +140,12 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("data", "out", "teacher", "cache"):
+        for name in ("data", "out", "cache"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
+        if self.teacher is not None:
+            object.__setattr__(self, "teacher", parse_teacher(self.teacher))
         if self.checkpoint_every is None:
             object.__setattr__(self, "checkpoint_every", self.eval_every)
         if self.strategy not in STRATEGIES:
@@ -168,7 +178,8 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON-ready values (paths as strings)."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: str(v) if isinstance(v, (Path, TeacherSpec)) else v for k, v in values.items()}
 
 
 # ---------------------------------------------------------------- pieces shared with the teacher ladder
@@ -419,7 +430,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def default_cache_path(teacher: Path, fingerprint: str) -> Path:
     """Where Strategy C keeps the cache it builds for a teacher: next to it, named by both hashes."""
-    return teacher.with_name(f"{teacher.stem}.cache-{file_sha256(teacher)[:12]}-{fingerprint[:12]}.h5")
+    file = teacher_file(teacher)
+    return file.with_name(f"{file.stem}.cache-{teacher_sha256(teacher)[:12]}-{fingerprint[:12]}.h5")
 
 
 def _ensure_cache(cfg: TrainConfig, meta, device: torch.device, progress: bool) -> Path:
@@ -453,7 +465,7 @@ def _resolved(cfg: TrainConfig, meta, device: torch.device, compile: bool) -> di
         "num_classes": meta.num_classes,
         "dataset": meta.dataset,
         "dataset_fingerprint": meta.fingerprint,
-        "teacher_sha256": file_sha256(cfg.teacher) if cfg.teacher else None,
+        "teacher_sha256": teacher_sha256(cfg.teacher) if cfg.teacher else None,
         "cache_sha256": None,
         "world_size": distributed_info()[1],
         "device_resolved": device.type,
@@ -598,13 +610,17 @@ def open_run(cfg: TrainConfig, device: torch.device, compiled: bool, rank: int, 
         if rank == 0:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-    if cfg.teacher is not None and not cfg.teacher.is_file():
-        raise UserError(f"teacher checkpoint {cfg.teacher} does not exist: train one with `fasttarget teacher`")
+    if cfg.teacher is not None and not teacher_file(cfg.teacher).is_file():
+        raise UserError(f"teacher checkpoint {teacher_file(cfg.teacher)} does not exist: "
+                        "train one with `fasttarget teacher`")
     meta = meta if meta is not None else DatasetMeta.load(cfg.data)
     resolved = _resolved(cfg, meta, device, compiled)
     if saved is not None:  # before Strategy C's cache is built: resuming with another teacher fails at once
-        _check_same_run(saved, resolved, out,
-                        _SETTINGS + ("dataset_fingerprint",) + (("teacher_sha256",) if cfg.teacher else ()))
+        _check_same_run(saved, resolved, out, tuple(k for k in _SETTINGS if k != "steps")
+                        + ("dataset_fingerprint",) + (("teacher_sha256",) if cfg.teacher else ()))
+        if cfg.steps < saved["steps"]:
+            raise UserError(f"{out} holds a run of {saved['steps']} steps: --resume may raise --steps to extend it, "
+                            f"not lower it to {cfg.steps}; pass --force to start over, or choose another --out")
     cache = _ensure_cache(cfg, meta, device, cfg.progress and rank == 0) if cfg.strategy == "C" else None
     targets = build_targets(
         TargetConfig(strategy=cfg.strategy, temperature=cfg.temperature, teacher=cfg.teacher, cache=cache,
@@ -618,7 +634,27 @@ def open_run(cfg: TrainConfig, device: torch.device, compiled: bool, rank: int, 
         _check_same_run(saved, resolved, out, ("teacher_sha256", "cache_sha256"))
         if (out / "final.json").is_file():
             final = json.loads((out / "final.json").read_text())
+        if cfg.steps > saved["steps"]:
+            _extend(out, saved, cfg.steps, rank)
+            final = None
     return OpenedRun(cfg, meta, resolved, targets, final)
+
+
+def _extend(out: Path, saved: dict[str, Any], steps: int, rank: int) -> None:
+    """Make the run in ``out`` one of ``steps`` steps (``--resume --steps N`` above its count).
+
+    It continues from its last checkpoint (a finished run's is its final step). The learning rate is
+    constant and nothing else depends on the step count (the step's data comes from the seed and the
+    step number), so the extended run computes what a run of ``steps`` from the start does; its
+    ``metrics.jsonl`` keeps the old last row when that step was no multiple of ``eval_every``.
+    ``config.json`` records the new count and the old ones (``extended_from``); ``final.json`` and
+    ``final.pt`` go until the run finishes again.
+    """
+    if rank == 0:
+        write_json(out / "config.json", {**saved, "steps": steps,
+                                         "extended_from": [*saved.get("extended_from", []), saved["steps"]]})
+        for name in ("final.json", FINAL_MODEL):
+            (out / name).unlink(missing_ok=True)
 
 
 def start_run(run: OpenedRun, start_step: int, rank: int) -> dict[str, Any]:
@@ -692,8 +728,21 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
     final = _run_steps(cfg, loader, step_fn, lambda: evaluate(student, test_loader, device),
                        checkpoint, start_step, wall_before, device, rank, last)
     if rank == 0:
+        save_final_model(cfg, meta, student, final)
         write_json(cfg.out / "final.json", final)
     return final
+
+
+def save_final_model(cfg: TrainConfig, meta, student: nn.Module, final: dict[str, Any]) -> Path:
+    """Write ``final.pt``: the student's φ and classifier ``h`` in the fasttarget model format, so
+    :func:`~fasttarget.models.load_classifier` and ``--teacher`` take a trained student."""
+    from fasttarget.models import CheckpointInfo, save_classifier, student_classifier
+
+    net = student_classifier(student)
+    info = CheckpointInfo(model=net.config, test_accuracy=final["test_acc_h"], dataset_fingerprint=meta.fingerprint,
+                          mean=tuple(meta.mean), std=tuple(meta.std), step=final["step"],
+                          extra={"run": cfg.to_json(), "test_acc_g": final["test_acc_g"]})
+    return save_classifier(cfg.out / FINAL_MODEL, net, info)
 
 
 def _load_checkpoint(path: Path, student: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, float]:

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 @cache_app.command("build")
 def build(
     data: Path = typer.Option(..., "--data", help="Converted dataset directory; its train split is scored."),
-    teacher: Path = typer.Option(..., "--teacher", help="Teacher checkpoint (.pt written by fasttarget)."),
+    teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (.pt written by fasttarget), or "
+                                                      "torchvision:NAME[@SIZE]=FILE / timm:NAME[@SIZE]=FILE."),
     out: Path = typer.Option(..., "--out", help="HDF5 file to write (e.g. targets.h5)."),
     temperature: float = typer.Option(2.0, "--temperature", help="Default temperature recorded in the file."),
     dtype: str = typer.Option("float16", "--dtype", help=f"Logit storage type: {' or '.join(DTYPES)}."),
@@ -42,7 +43,7 @@ def build(
 def inspect(
     path: Path = typer.Argument(..., help="The cache file."),
     data: Optional[Path] = typer.Option(None, "--data", help="Also check it was built for this dataset directory."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Also check it was built from this checkpoint."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Also check it was built from this teacher."),
 ) -> None:
     """Print a cache's attributes and verify its checksum (exit code 2 on a mismatch or a bad checksum)."""
     meta = DatasetMeta.load(data) if data is not None else None

@@ -82,7 +82,9 @@ def train(
     strategy: Optional[str] = typer.Option(
         None, "--strategy", help="A (one-hot), B (online teacher) or C (cached teacher); or use --member."),
     out: Path = typer.Option(..., "--out", help="Run directory (config.json, metrics.jsonl, checkpoints, final.json)."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher checkpoint (B; C builds its cache from it)."),
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", help="Teacher checkpoint, or torchvision:NAME[@SIZE]=FILE / timm:NAME[@SIZE]=FILE "
+                                "(a state dict) (B; C builds its cache from it)."),
     cache: Optional[Path] = typer.Option(None, "--cache", help="Strategy C's logits cache (fasttarget cache build)."),
     aug: str = typer.Option("stdaug", "--aug", help="Student augmentation, e.g. stdaug or stdaug+mixup."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
@@ -93,7 +95,10 @@ def train(
     ipc: IpcOption = None,
     fraction: FractionOption = None,
     subset_seed: SubsetSeedOption = 0,
-    arch: str = ArchOption,
+    arch: str = typer.Option(
+        "resnet18", "--student", "--arch",
+        help="resnet18 (CIFAR variant), resnet50, vit_s, or torchvision:NAME, timm:NAME, module.path:factory "
+             "(random init; see docs/loader.md)."),
     width: float = WidthOption,
     loss: str = typer.Option("separation", "--loss", help="separation (the paper's) or coupled (plain KD)."),
     temperature: float = typer.Option(2.0, "--temperature", help="Soft-target temperature T."),
