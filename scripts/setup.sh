@@ -44,6 +44,6 @@ if ! "$VPY" -c "import torch, torchvision" 2>/dev/null; then
   "$VPY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" || "$VPY" -m pip install -q torch torchvision
 fi
 # ray and slurm: the sweep backends' tests run in the default test run.
-"$VPY" -m pip install -q -e ".[dev,lightning,ray,slurm]"
+"$VPY" -m pip install -q -e ".[dev,lightning,ray,slurm,timm]"
 echo "$want" > "$stamp"
 echo "setup: done ($("$VPY" -c 'import torch, ffcv, kornia; print("torch", torch.__version__, "kornia", kornia.__version__)'))"

@@ -15,7 +15,10 @@ Example:
     ...                       LoaderConfig("data/cifar10", split="test", shuffle=False, drop_last=False))
     >>> lightning.Trainer(max_epochs=10).fit(module, datamodule=dm)  # doctest: +SKIP
 
-where ``module.training_step(batch, i)`` reads ``batch.images`` and ``batch.labels``.
+where ``module.training_step(batch, i)`` reads ``batch.images`` and ``batch.labels``, or unpacks
+``images, targets = batch`` (:class:`~fasttarget.loader.Batch`). Lightning infers the ``batch_size``
+of ``self.log`` from the batch by iterating it: a ``Batch`` yields its two tensors of ``B`` rows, so
+every logged mean is weighted by the true batch size, with no "ambiguous collection" warning.
 """
 
 from __future__ import annotations
@@ -40,15 +43,18 @@ def _datamodule_class() -> type:
         Args:
             train: the training split's loader config.
             val: the validation loader's config, or ``None`` for no validation.
+            test: the loader config of ``Trainer.test``, or ``None`` (then ``val``'s).
             targets: target provider for training batches (``Batch -> [B,K]``), or ``None``.
         """
 
         def __init__(self, train: LoaderConfig, val: LoaderConfig | None = None,
-                     targets: TargetFn | None = None) -> None:
+                     targets: TargetFn | None = None, test: LoaderConfig | None = None) -> None:
             super().__init__()
             self.train_config, self.val_config, self.targets = train, val, targets
+            self.test_config = test if test is not None else val
             self.train_loader: Any = None
             self.val_loader: Any = None
+            self.test_loader: Any = None
             self._pending_state: dict[str, int] | None = None
 
         def setup(self, stage: str) -> None:
@@ -60,12 +66,19 @@ def _datamodule_class() -> type:
                     self.train_loader.load_state_dict(self._pending_state)
             if self.val_loader is None and self.val_config is not None and stage in ("fit", "validate"):
                 self.val_loader = build_loader(self.val_config)
+            if self.test_loader is None and self.test_config is not None and stage == "test":
+                self.test_loader = build_loader(self.test_config)
 
         def train_dataloader(self) -> Any:
             return self.train_loader
 
         def val_dataloader(self) -> Any:
             return self.val_loader if self.val_loader is not None else []
+
+        def test_dataloader(self) -> Any:
+            if self.test_config is None:
+                raise UserError("Trainer.test needs a test split: pass LoaderDataModule(..., test=LoaderConfig(...))")
+            return self.test_loader
 
         def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
             # Batches are made on cfg.device already; Lightning's generic copy would rebuild them.

@@ -148,6 +148,9 @@ class LoaderConfig:
 class Batch:
     """One batch as a training loop consumes it.
 
+    It unpacks like an ``(x, y)`` pair, ``images, targets = batch``: ``y`` is ``targets`` when the
+    loader has a target provider (already mixed like the images: do not mix it again), else ``labels``.
+
     Attributes:
         images: float32 ``[B,3,H,W]``, augmented, normalized with the dataset's mean/std,
             ``channels_last``, on the loader's device.
@@ -163,6 +166,10 @@ class Batch:
     indices: Tensor
     record: AugRecord
     targets: Tensor | None = None
+
+    def __iter__(self) -> Iterator[Tensor]:
+        yield self.images
+        yield self.labels if self.targets is None else self.targets
 
 
 @dataclass
@@ -279,6 +286,24 @@ class _Loader(abc.ABC):
             raise UserError(f"{len(pool)} samples on {self.world_size} rank(s) make no full batch of "
                             f"{cfg.batch_size}: lower --batch-size to {self.num_samples} or raise --ipc/--fraction "
                             f"(library: LoaderConfig(batch_size={self.num_samples}) or drop_last=False)")
+
+    # The dataset's meta.json; set by build_loader (None for a loader over arrays).
+    meta: DatasetMeta | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in label order (from ``meta.json``)."""
+        if self.meta is None:
+            raise UserError("a loader built from arrays has no class names: build it with build_loader(cfg)")
+        return self.meta.classes
+
+    @property
+    def num_classes(self) -> int:
+        """K: the dataset's class count, else the target provider's."""
+        if self.meta is None and self.targets is None:
+            raise UserError("a loader built from arrays without targets has no class count: "
+                            "build it with build_loader(cfg)")
+        return self.meta.num_classes if self.meta is not None else self.targets.num_classes
 
     @property
     def num_samples(self) -> int:
@@ -583,6 +608,12 @@ def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> Resident
     if cfg.data_dir is None:
         raise UserError("LoaderConfig.data_dir is not set: pass a directory written by `fasttarget convert`")
     meta = DatasetMeta.load(cfg.data_dir)
+    loader = _build_loader(cfg, meta, targets)
+    loader.meta = meta
+    return loader
+
+
+def _build_loader(cfg: LoaderConfig, meta: DatasetMeta, targets: TargetFn | None) -> ResidentLoader | FfcvLoader:
     # Before anything reads the split; the readers below find the file remembered as checked.
     check_split(cfg.data_dir, cfg.split, meta=meta)
     backend = choose_backend(cfg, meta)
@@ -596,6 +627,22 @@ def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> Resident
     return FfcvLoader(cfg, meta, pool=pool, targets=targets)
 
 
+def build_loaders(cfg: LoaderConfig, targets: TargetFn | None = None) -> tuple[ResidentLoader | FfcvLoader,
+                                                                               ResidentLoader | FfcvLoader]:
+    """The training loader ``cfg`` describes and its dataset's test loader, in one call.
+
+    The test loader walks the whole test split in order, unaugmented, without targets, with
+    ``cfg``'s batch size, device and backend (``subset`` applies to training only).
+
+    Example:
+        >>> train, test = build_loaders(LoaderConfig("data/cifar10", augment="stdaug"))  # doctest: +SKIP
+        >>> for images, labels in train: ...  # doctest: +SKIP
+    """
+    test = dataclasses.replace(cfg, split="test", shuffle=False, drop_last=False, augment="noaug", subset=None,
+                               quasi_random=False)
+    return build_loader(cfg, targets), build_loader(test)
+
+
 __all__ = [
     "BACKENDS",
     "Batch",
@@ -605,6 +652,7 @@ __all__ = [
     "RawBatch",
     "ResidentLoader",
     "build_loader",
+    "build_loaders",
     "choose_backend",
     "decoded_bytes",
     "epoch_rows",

@@ -311,3 +311,32 @@ def _renormalization(
     if torch.allclose(scale, torch.ones_like(scale), atol=1e-6) and torch.allclose(shift, torch.zeros_like(shift), atol=1e-6):
         return None, None
     return tuple(v.to(device=device, dtype=torch.float32).view(1, -1, 1, 1) for v in (scale, shift))
+
+
+def teacher_targets(teacher: str | Path, data_dir: str | Path, device: str | torch.device = "cpu",
+                    temperature: float = 2.0, compile: bool = False) -> TeacherTargets:
+    """Strategy B's provider in one call: a teacher (checkpoint or ``torchvision:``/``timm:`` spec) for a dataset.
+
+    Example:
+        >>> from fasttarget.loader import LoaderConfig, build_loader
+        >>> provider = teacher_targets("teachers/t30.pt", "data/cifar10")  # doctest: +SKIP
+        >>> loader = build_loader(LoaderConfig("data/cifar10", augment="stdaug+mixup"), targets=provider)  # doctest: +SKIP
+    """
+    from fasttarget.dataset import DatasetMeta
+
+    return build_targets(TargetConfig("B", temperature, teacher=teacher, compile=compile),
+                         DatasetMeta.load(data_dir), device)
+
+
+def cached_targets(cache_path: str | Path, data_dir: str | Path, temperature: float = 2.0,
+                   teacher: str | Path | None = None) -> CachedTargets:
+    """Strategy C's provider in one call: the cache of ``fasttarget cache build``, checked against the
+    dataset in ``data_dir`` (fingerprint, class count, checksum) and, when given, its ``teacher``.
+
+    Example:
+        >>> provider = cached_targets("targets.h5", "data/cifar10")  # doctest: +SKIP
+    """
+    from fasttarget.dataset import DatasetMeta
+
+    return build_targets(TargetConfig("C", temperature, teacher=teacher, cache=cache_path),
+                         DatasetMeta.load(data_dir), "cpu")
