@@ -6,6 +6,7 @@ Every network is randomly initialised here and its state dict saved by the test:
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def test_torchvision_teacher_trains_b_and_builds_a_cache(sample_dir, tmp_path, r
     assert code == 0, err
     code, out, err = run_cli("cache", "inspect", tmp_path / "t.h5", "--data", sample_dir, "--teacher", spec)
     assert code == 0 and "checksum: ok" in out, err
+    assert 0 <= float(re.search(r"teacher_test_accuracy: (\S+)", out).group(1)) <= 1  # measured on the test split
     # the same weights at another size are another teacher
     code, _, err = run_cli("cache", "inspect", tmp_path / "t.h5", "--teacher", f"torchvision:resnet18@64={state}")
     assert code == 2 and "teacher" in err

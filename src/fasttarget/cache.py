@@ -51,7 +51,7 @@ from fasttarget.dataset import DatasetMeta, read_split
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.targets import TeacherModel, load_teacher
-from fasttarget.zoo import TeacherSpec, parse_teacher, teacher_file
+from fasttarget.zoo import TeacherSpec, measure_test_accuracy, parse_teacher, teacher_file
 from fasttarget.zoo import teacher_sha256 as zoo_teacher_sha256
 
 CACHE_FORMAT = "fasttarget-target-cache"
@@ -173,6 +173,8 @@ def build_cache(cfg: CacheBuildConfig) -> CacheBuildReport:
 def _build_locked(cfg: CacheBuildConfig, meta: DatasetMeta) -> CacheBuildReport:
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     teacher, teacher_accuracy = load_teacher(cfg.teacher, meta, device, compile=cfg.compile)
+    if isinstance(cfg.teacher, TeacherSpec):  # a state dict records no accuracy: measure it
+        teacher_accuracy = measure_test_accuracy(teacher, cfg.data, device)
     images, _ = read_split(cfg.data, "train")
     identity = {
         "teacher_sha256": teacher_sha256(cfg.teacher),

@@ -310,3 +310,15 @@ def _timm() -> Any:
     except ImportError as err:
         raise UserError("timm models need timm: `pip install fasttarget[timm]`") from err
     return timm
+
+
+def measure_test_accuracy(teacher: Any, data_dir: str | Path, device: str | torch.device,
+                          batch_size: int = 500) -> float:
+    """Top-1 of a wrapped teacher (:class:`~fasttarget.targets.TeacherModel`) on a dataset's test split:
+    what ``cache build`` records for a state-dict teacher, whose file records none."""
+    from fasttarget.loader import LoaderConfig, build_loader
+
+    test = build_loader(LoaderConfig(data_dir, split="test", batch_size=batch_size, shuffle=False, drop_last=False,
+                                     device=device))
+    correct = sum(int((teacher(batch.images).argmax(1) == batch.labels).sum()) for batch in test)
+    return correct / test.num_samples
