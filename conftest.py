@@ -75,6 +75,24 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample's first 640 train and 200 test images, converted: for tests that run whole
+    commands (a cache build scores every train image, an evaluation every test image)."""
+    from fasttarget.convert import ConvertConfig, convert
+    from fasttarget.demo import SAMPLE_SOURCE
+
+    source = tmp_path_factory.mktemp("cifar10-small-source") / "cifar-10-batches-bin"
+    source.mkdir()
+    record = 1 + 32 * 32 * 3  # CIFAR-10 binary: a label byte, then the pixels
+    for name, count in (("data_batch_1.bin", 640), ("test_batch.bin", 200)):
+        (source / name).write_bytes((Path(SAMPLE_SOURCE) / name).read_bytes()[: count * record])
+    (source / "batches.meta.txt").write_bytes((Path(SAMPLE_SOURCE) / "batches.meta.txt").read_bytes())
+    out = tmp_path_factory.mktemp("cifar10-small")
+    convert(ConvertConfig("cifar10", source, out, force=True, progress=False))
+    return out
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: on the shared 2-core machine OpenMP spinning makes two far slower."""

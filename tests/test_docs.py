@@ -43,12 +43,12 @@ def quick(argv: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/loader.md"])
-def test_documented_snippets_run(page, sample_dir, tmp_path, monkeypatch, run_cli, one_thread):
+def test_documented_snippets_run(page, small_sample_dir, tmp_path, monkeypatch, run_cli, one_thread):
     found = snippets(page)
     assert found, f"{page} marks no test-snippet"
     (tmp_path / "data").mkdir()
     for name in ("c10", "cifar10"):
-        (tmp_path / "data" / name).symlink_to(sample_dir)
+        (tmp_path / "data" / name).symlink_to(small_sample_dir)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     for match in found:

@@ -38,10 +38,10 @@ def read_json(path: Path):
     return json.loads(path.read_text())
 
 
-def test_a_torchvision_teacher_scores_the_view_at_its_own_normalization_and_size(sample_dir, tmp_path):
+def test_a_torchvision_teacher_scores_the_view_at_its_own_normalization_and_size(small_sample_dir, tmp_path):
     import torchvision
 
-    meta = DatasetMeta.load(sample_dir)
+    meta = DatasetMeta.load(small_sample_dir)
     state = torchvision_state(tmp_path / "r18.pt")
     teacher, accuracy = load_teacher(f"torchvision:resnet18@48={state}", meta, "cpu")
     assert accuracy != accuracy  # NaN: a state dict records no accuracy
@@ -61,19 +61,19 @@ def test_a_torchvision_teacher_scores_the_view_at_its_own_normalization_and_size
     assert load_teacher(f"torchvision:resnet18={state}", meta, "cpu")[0].input_size == 224
 
 
-def test_torchvision_teacher_trains_b_and_builds_a_cache(sample_dir, tmp_path, run_cli, one_thread):
+def test_torchvision_teacher_trains_b_and_builds_a_cache(small_sample_dir, tmp_path, run_cli, one_thread):
     state = torchvision_state(tmp_path / "r18.pt")
     spec = f"torchvision:resnet18@32={state}"
-    final = train(TrainConfig(data=sample_dir, out=tmp_path / "b", strategy="B", teacher=spec, steps=2,
+    final = train(TrainConfig(data=small_sample_dir, out=tmp_path / "b", strategy="B", teacher=spec, steps=2,
                               eval_every=2, width=0.125, **QUICK))
     assert final["status"] == "done"
     config = read_json(tmp_path / "b" / "config.json")
     assert config["teacher"] == str(parse_teacher(spec).absolute()) and len(config["teacher_sha256"]) == 64
 
-    code, out, err = run_cli("cache", "build", "--data", sample_dir, "--teacher", spec, "--out", tmp_path / "t.h5",
+    code, out, err = run_cli("cache", "build", "--data", small_sample_dir, "--teacher", spec, "--out", tmp_path / "t.h5",
                              "--device", "cpu", "--batch-size", "1000")
     assert code == 0, err
-    code, out, err = run_cli("cache", "inspect", tmp_path / "t.h5", "--data", sample_dir, "--teacher", spec)
+    code, out, err = run_cli("cache", "inspect", tmp_path / "t.h5", "--data", small_sample_dir, "--teacher", spec)
     assert code == 0 and "checksum: ok" in out, err
     assert 0 <= float(re.search(r"teacher_test_accuracy: (\S+)", out).group(1)) <= 1  # measured on the test split
     # the same weights at another size are another teacher
@@ -81,13 +81,13 @@ def test_torchvision_teacher_trains_b_and_builds_a_cache(sample_dir, tmp_path, r
     assert code == 2 and "teacher" in err
 
 
-def test_a_timm_teacher_and_student(sample_dir, tmp_path, one_thread):
+def test_a_timm_teacher_and_student(small_sample_dir, tmp_path, one_thread):
     timm = pytest.importorskip("timm", reason="timm is the optional extra fasttarget[timm]")
     torch.manual_seed(0)
     torch.save(timm.create_model("test_resnet", pretrained=False, num_classes=10).state_dict(), tmp_path / "t.pt")
-    teacher, _ = load_teacher(f"timm:test_resnet={tmp_path / 't.pt'}", DatasetMeta.load(sample_dir), "cpu")
+    teacher, _ = load_teacher(f"timm:test_resnet={tmp_path / 't.pt'}", DatasetMeta.load(small_sample_dir), "cpu")
     assert teacher.input_size == 160  # timm's pretrained_cfg input_size
-    final = train(TrainConfig(data=sample_dir, out=tmp_path / "run", strategy="B", arch="timm:test_resnet",
+    final = train(TrainConfig(data=small_sample_dir, out=tmp_path / "run", strategy="B", arch="timm:test_resnet",
                               teacher=f"timm:test_resnet@32={tmp_path / 't.pt'}", steps=2, eval_every=2, **QUICK))
     assert final["status"] == "done"
     assert read_json(tmp_path / "run" / "config.json")["arch"] == "timm:test_resnet"
@@ -104,11 +104,11 @@ def test_a_factory_student_gets_the_heads_on_its_features(factory, feature_dim):
     assert all(p.grad is None for p in student.backbone.parameters())
 
 
-def test_a_custom_student_resumes_extends_and_its_final_pt_is_a_teacher(sample_dir, tmp_path, run_cli, one_thread):
+def test_a_custom_student_resumes_extends_and_its_final_pt_is_a_teacher(small_sample_dir, tmp_path, run_cli, one_thread):
     """A module:factory student trained 4 steps at once equals one trained 2, then extended to 4
     (--resume --steps 4): weights, optimizer and metrics bit for bit. Its final.pt is then a B
     teacher and a cache's teacher."""
-    common = dict(data=sample_dir, strategy="A", arch="zoo_students:classifier", eval_every=2, aug="stdaug+mixup",
+    common = dict(data=small_sample_dir, strategy="A", arch="zoo_students:classifier", eval_every=2, aug="stdaug+mixup",
                   seed=5, **QUICK)
     straight = train(TrainConfig(out=tmp_path / "straight", steps=4, **common))
     train(TrainConfig(out=tmp_path / "extended", steps=2, **common))
@@ -137,15 +137,15 @@ def test_a_custom_student_resumes_extends_and_its_final_pt_is_a_teacher(sample_d
     assert torch.equal(net.head.weight, student["h.weight"])  # the classifier h, not the soft-target head g
     # final.pt as a teacher: Strategy B, and a cache built from it
     final_pt = tmp_path / "straight" / "final.pt"
-    assert train(TrainConfig(data=sample_dir, out=tmp_path / "b", strategy="B", teacher=final_pt, steps=2,
+    assert train(TrainConfig(data=small_sample_dir, out=tmp_path / "b", strategy="B", teacher=final_pt, steps=2,
                              eval_every=2, width=0.125, **QUICK))["status"] == "done"
-    code, out, err = run_cli("cache", "build", "--data", sample_dir, "--teacher", final_pt, "--out", tmp_path / "c.h5",
+    code, out, err = run_cli("cache", "build", "--data", small_sample_dir, "--teacher", final_pt, "--out", tmp_path / "c.h5",
                              "--device", "cpu")
-    assert code == 0 and "5000 rows" in out, err
+    assert code == 0 and "640 rows" in out, err
 
 
-def test_force_replaces_an_existing_run(sample_dir, tmp_path, one_thread):
-    common = dict(data=sample_dir, out=tmp_path / "run", strategy="A", width=0.125, eval_every=2, **QUICK)
+def test_force_replaces_an_existing_run(small_sample_dir, tmp_path, one_thread):
+    common = dict(data=small_sample_dir, out=tmp_path / "run", strategy="A", width=0.125, eval_every=2, **QUICK)
     train(TrainConfig(steps=4, **common))
     final = train(TrainConfig(steps=2, lr=2e-3, force=True, **common))
     assert final["step"] == 2
@@ -154,10 +154,10 @@ def test_force_replaces_an_existing_run(sample_dir, tmp_path, one_thread):
     assert load_classifier(tmp_path / "run" / "final.pt")[1].step == 2
 
 
-def test_bad_ecosystem_inputs_are_one_line_errors(sample_dir, tmp_path, user_error, monkeypatch):
+def test_bad_ecosystem_inputs_are_one_line_errors(small_sample_dir, tmp_path, user_error, monkeypatch):
     state = torchvision_state(tmp_path / "r18.pt")
     torchvision_state(tmp_path / "r34.pt", "resnet34")
-    train_b = ["train", "--data", sample_dir, "--out", tmp_path / "run", "--strategy", "B", "--device", "cpu"]
+    train_b = ["train", "--data", small_sample_dir, "--out", tmp_path / "run", "--strategy", "B", "--device", "cpu"]
     user_error("unknown torchvision teacher", *train_b, "--teacher", f"torchvision:resnet19={state}",
                expect="unknown torchvision classification model 'resnet19'")
     user_error("state dict of another architecture", *train_b, "--teacher", f"torchvision:resnet18={tmp_path / 'r34.pt'}",
@@ -166,17 +166,17 @@ def test_bad_ecosystem_inputs_are_one_line_errors(sample_dir, tmp_path, user_err
                expect="torchvision:NAME=FILE")
     user_error("missing state dict", *train_b, "--teacher", f"torchvision:resnet18={tmp_path / 'none.pt'}",
                expect="does not exist")
-    user_error("unknown student", "train", "--data", sample_dir, "--out", tmp_path / "run", "--strategy", "A",
+    user_error("unknown student", "train", "--data", small_sample_dir, "--out", tmp_path / "run", "--strategy", "A",
                "--student", "resnet19", expect=("unknown architecture 'resnet19'", "torchvision:NAME"))
-    user_error("student factory not callable", "train", "--data", sample_dir, "--out", tmp_path / "run",
+    user_error("student factory not callable", "train", "--data", small_sample_dir, "--out", tmp_path / "run",
                "--strategy", "A", "--student", "zoo_students:not_a_factory", "--device", "cpu",
                expect="no callable 'not_a_factory'")
-    user_error("student factory returning no module", "train", "--data", sample_dir, "--out", tmp_path / "run",
+    user_error("student factory returning no module", "train", "--data", small_sample_dir, "--out", tmp_path / "run",
                "--strategy", "A", "--student", "zoo_students:not_a_module", "--device", "cpu",
                expect="returned str, not an nn.Module")
-    user_error("student module missing", "train", "--data", sample_dir, "--out", tmp_path / "run", "--strategy", "A",
+    user_error("student module missing", "train", "--data", small_sample_dir, "--out", tmp_path / "run", "--strategy", "A",
                "--student", "no_such_module:net", "--device", "cpu", expect="cannot be imported")
-    user_error("--width with an ecosystem student", "train", "--data", sample_dir, "--out", tmp_path / "run",
+    user_error("--width with an ecosystem student", "train", "--data", small_sample_dir, "--out", tmp_path / "run",
                "--strategy", "A", "--student", "torchvision:resnet18", "--width", "0.5",
                expect="--width scales the built-in architectures only")
     with pytest.raises(UserError, match="is a fasttarget checkpoint, not a state dict"):
@@ -185,5 +185,5 @@ def test_bad_ecosystem_inputs_are_one_line_errors(sample_dir, tmp_path, user_err
         torch.save({"format": "fasttarget-model/1"}, tmp_path / "ft.pt")
         load_spec_teacher(TeacherSpec("torchvision", "resnet18", tmp_path / "ft.pt"), 10, "cpu")
     monkeypatch.setitem(sys.modules, "timm", None)  # as if the extra were not installed
-    user_error("timm missing", "train", "--data", sample_dir, "--out", tmp_path / "run", "--strategy", "A",
+    user_error("timm missing", "train", "--data", small_sample_dir, "--out", tmp_path / "run", "--strategy", "A",
                "--student", "timm:test_resnet", "--device", "cpu", expect="pip install fasttarget[timm]")

@@ -236,7 +236,8 @@ class TargetConfig:
     Args:
         strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
         temperature: T of the soft targets (B and C).
-        teacher: teacher checkpoint; required for B. For C it is optional and, when given, the
+        teacher: teacher checkpoint or ``torchvision:``/``timm:`` spec (:mod:`fasttarget.zoo`);
+            required for B. For C it is optional and, when given, the
             cache must have been built from exactly this file (checked by SHA-256).
         cache: the logits cache written by ``fasttarget cache build``; required for C.
         compile: ``torch.compile`` the teacher (B on CUDA only).
@@ -244,7 +245,7 @@ class TargetConfig:
 
     strategy: str = "A"
     temperature: float = 2.0
-    teacher: Path | None = None
+    teacher: Path | str | None = None
     cache: Path | None = None
     compile: bool = False
 

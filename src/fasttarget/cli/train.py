@@ -14,7 +14,8 @@ import typer
 
 from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption
 
-ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50 or vit_s.")
+ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50, vit_s, or "
+                                                     "torchvision:NAME, timm:NAME, module.path:factory.")
 WidthOption = typer.Option(1.0, "--width", help="Multiplier of ResNet-18's base width 64 (0.25 = 16 channels).")
 DeviceOption = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 CompileOption = typer.Option(None, "--compile/--no-compile", help="torch.compile the network (default: on CUDA only).")
