@@ -77,8 +77,8 @@ def test_members_write_their_solo_run_directories_and_train_like_solo_runs(sampl
         fleet_run, solo_run = tmp_path / "fleet" / member.name, tmp_path / "solo" / member.name
         solo_final = train(TrainConfig(data=sample_dir, out=solo_run, strategy=member.strategy,
                                        teacher=member.teacher, cache=member.cache, **COMMON))
-        assert files(fleet_run) == files(solo_run) == {"config.json", "metrics.jsonl", "final.json", "checkpoints",
-                                                       "checkpoints/last.pt"}
+        assert files(fleet_run) == files(solo_run) == {"config.json", "metrics.jsonl", "final.json", "final.pt",
+                                                       "checkpoints", "checkpoints/last.pt"}
         fleet_config, solo_config = (json.loads((r / "config.json").read_text()) for r in (fleet_run, solo_run))
         assert fleet_config.pop("out") == str(fleet_run) and solo_config.pop("out") == str(solo_run)
         assert fleet_config == solo_config

@@ -49,7 +49,7 @@ from fasttarget.targets import STRATEGIES
 from fasttarget.train import (
     BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Progress, Throughput, TrainConfig, autocast,
     build_optimizer, build_run_student, checkpoint_entries, claimed, distributed_info, eval_loader_config,
-    iterate_steps, open_run, prepare_model, resolve_device, set_rng_state, start_run, temporary_path,
+    iterate_steps, open_run, prepare_model, resolve_device, save_final_model, set_rng_state, start_run, temporary_path,
     train_loader_config, training_subset, write_json,
 )
 
@@ -321,8 +321,12 @@ def _train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
         progress.close()
     wall_s = time.perf_counter() - started
     for i in live:
-        write_json(runs[i].cfg.out / "final.json", {"status": "done", "step": base.steps, "test_acc_h": acc[i][1],
-                                                    "test_acc_g": acc[i][0], "wall_s": wall_s})
+        final = {"status": "done", "step": base.steps, "test_acc_h": acc[i][1], "test_acc_g": acc[i][0],
+                 "wall_s": wall_s}
+        member = build_run_student(runs[i].cfg, meta)
+        member.load_state_dict(net.member_state_dict(i))
+        save_final_model(runs[i].cfg, meta, member, final)  # final.pt, as a solo run's
+        write_json(runs[i].cfg.out / "final.json", final)
     return {m.name: json.loads((run.cfg.out / "final.json").read_text()) for m, run in zip(cfg.members, runs)}
 
 
