@@ -399,7 +399,7 @@ def test_top_k_cache_holds_the_largest_logits_their_classes_and_the_tail(built, 
     np.testing.assert_array_equal(cache.gather(rows).numpy(), cache.logits[rows])
     np.testing.assert_array_equal(cache.gather_classes(torch.from_numpy(rows)).numpy(), cache.classes[rows])
     with pytest.raises(IndexError):
-        cache.gather(np.array([-1]))
+        cache.gather_classes(np.array([cache.num_samples]))
     assert cache.verify()
 
 
