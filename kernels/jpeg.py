@@ -100,6 +100,8 @@ def build_library(cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
         fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
+        lib.ft_store_status.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32]
+        lib.ft_store_status.restype = None
         lib.ft_scale_num.argtypes = [ctypes.c_int] * 4
         lib.ft_scale_num.restype = ctypes.c_int
         _libraries[given] = lib

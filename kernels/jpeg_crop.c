@@ -253,3 +253,6 @@ int ft_decode_crop(const uint8_t *data, uint64_t size, int mode, int height, int
     if (size < (uint64_t)height * width * 3) return FT_BAD_STREAM;
     return ft_resize(data, (size_t)width * 3, 0, 0, x0, y0, x1, y1, x0, x1, y0, y1, dst, out_h, out_w);
 }
+
+/* statuses[index] = status: lets numba code record a failure in a caller's array by address. */
+void ft_store_status(int32_t *statuses, int64_t index, int32_t status) { statuses[index] = status; }
