@@ -411,10 +411,9 @@ def read_image_sizes(directory: str | Path, split: str, *, meta: DatasetMeta | N
     """
     path = check_split(directory, split, meta=meta)
     with kept_threads():
-        from ffcv.reader import Reader
+        from fasttarget.decode import stored_sizes
 
-    images = Reader(str(path)).metadata["f0"]
-    return np.stack([images["height"], images["width"]], 1).astype(np.int64)
+    return stored_sizes(path)
 
 
 def describe(meta: DatasetMeta) -> str:

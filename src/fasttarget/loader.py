@@ -499,7 +499,7 @@ class FfcvLoader(_Loader):
             # The decoder reads each row's box from this table, filled for the coming epoch.
             self._boxes = np.zeros((meta.count(cfg.split), 4), np.int32)
             self._crop, self.augment = _decode_time_crop(self.augment)
-            decoder = PlannedCropDecoder(self._boxes, (self.res, self.res))
+            decoder = self._decoder = PlannedCropDecoder(self._boxes, (self.res, self.res))
         if cfg.quasi_random and self.world_size > 1:
             raise UserError("ffcv's quasi_random order runs in one process only: drop quasi_random under torch.distributed")
         self._quasi: Any = None
@@ -542,6 +542,8 @@ class FfcvLoader(_Loader):
         try:
             for k, out in enumerate(epoch_iterator, start):
                 fields = dict(zip(self._fields, out))
+                if plans is not None:
+                    self._decoder.check()  # a sample that failed to decode came out black: say so
                 yield RawBatch(self._copy(fields["image"]), self._copy(fields["label"]).view(-1),
                                self._copy(fields["index"]).view(-1), k, {} if plans is None else plans[k - start])
         finally:
@@ -591,7 +593,9 @@ class FfcvLoader(_Loader):
         self._order.plan = rows
         try:
             with kept_threads():
-                return torch.cat([self._copy(dict(zip(self._fields, out))["image"]) for out in self._ffcv])
+                views = torch.cat([self._copy(dict(zip(self._fields, out))["image"]) for out in self._ffcv])
+            self._decoder.check()
+            return views
         finally:
             self._boxes[rows] = kept
 
