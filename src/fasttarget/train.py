@@ -58,7 +58,7 @@ from torch import nn
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
-from fasttarget.models import ModelConfig, _unwrap, file_sha256, read_checkpoint
+from fasttarget.models import ModelConfig, _unwrap, file_sha256, place, read_checkpoint
 from fasttarget.targets import STRATEGIES
 
 RUN_FORMAT = "fasttarget-run/1"
@@ -219,22 +219,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def prepare_model(net: nn.Module, device: torch.device, compile: bool | None) -> tuple[nn.Module, nn.Module]:
-    """Move ``net`` to ``device`` in channels_last; returns ``(net, forward)``.
+    """Move ``net`` to ``device`` in channels_last (contiguous where that crashes); returns ``(net, forward)``.
 
     ``forward`` trains ``net``: wrapped in ``DistributedDataParallel`` when a process group
     is initialized, then ``torch.compile``'d when ``compile`` (default: on CUDA). Both share
     parameters; evaluate and save ``net``.
 
     Raises:
-        UserError: on CPU, a convolution narrower than 8 channels (see below).
+        UserError: on CPU, a network too narrow to train (:func:`fasttarget.models.memory_format`).
     """
-    narrowest = min((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=8)
-    if device.type == "cpu" and narrowest < 8:
-        # oneDNN's channels_last convolution backward corrupts memory below 8 channels on CPU
-        # (torch 2.14: a segfault or a hang at width 0.0625); refuse rather than crash.
-        raise UserError(f"--width gives convolutions of {narrowest} channels, which crash channels_last "
-                        "training on CPU: use --width 0.125 or more")
-    net = net.to(device=device, memory_format=torch.channels_last)
+    config = getattr(net, "config", None)
+    net = place(net, device, config.image_size if config is not None else 0)
     forward = net
     if distributed_info()[1] > 1:
         from torch.nn.parallel import DistributedDataParallel
