@@ -270,7 +270,7 @@ def teacher(imagenet_dir, tmp_path_factory) -> Path:
 def cache(imagenet_dir, teacher, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cache") / "targets.h5"
     proc = subprocess.run([FASTTARGET, "cache", "build", "--data", imagenet_dir, "--teacher", teacher,
-                           "--out", out, "--device", "cpu", "--batch-size", "8"], capture_output=True, text=True)
+                           "--out", out, "--device", "cpu", "--batch-size", "8", "--res", str(RES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -280,7 +280,7 @@ def _strategy_args(strategy: str, teacher: Path, cache: Path) -> list:
 
 
 # Slow: three processes per strategy, each compiling ffcv's pipeline (about 1-4 min a strategy on the loaded
-# 2-core machine). C needs `cache build` to stream variable-size data (helper modelcache's cache.py).
+# 2-core machine).
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["A", "B", "C"])
 def test_student_trains_evaluates_and_resumes_after_sigkill(strategy, imagenet_dir, teacher, request, tmp_path):
