@@ -26,7 +26,7 @@ import torch
 from fasttarget.augment import ResizedCrop, center_crop_boxes
 from fasttarget.convert import ConvertConfig, convert
 from fasttarget.dataset import DatasetMeta, check_dataset, read_image_sizes
-from fasttarget.loader import FfcvLoader, LoaderConfig, build_loader, seeded_generator
+from fasttarget.loader import FfcvLoader, LoaderConfig, build_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample" / "train"
