@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fasttarget.errors import UserError
-from fasttarget.models import load_classifier
+from fasttarget.models import load_classifier, memory_format
 
 if TYPE_CHECKING:
     from fasttarget.cache import TargetCache
@@ -116,8 +116,11 @@ class TeacherModel:
         teacher_std: Sequence[float] | None = None,
         compile: bool = False,
     ):
-        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.device = next(net.parameters()).device
+        config = getattr(net, "config", None)
+        # channels_last, or contiguous where that crashes on CPU (fasttarget.models.memory_format)
+        self._layout = memory_format(net, self.device, config.image_size if config is not None else 0)
+        self.net = net.eval().requires_grad_(False).to(memory_format=self._layout)
         self.num_classes = _num_classes(net)
         self._cuda = self.device.type == "cuda"
         self._scale, self._shift = _renormalization(
@@ -132,7 +135,7 @@ class TeacherModel:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self._scale is not None:
             images = torch.addcmul(self._shift, images, self._scale)
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=self._layout)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda):
             return self._forward(images).float()
 
