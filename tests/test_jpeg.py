@@ -203,3 +203,12 @@ def test_builds_into_the_directory_the_caller_names(tmp_path):
     lib = build_library(tmp_path)
     assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
     assert build_library(tmp_path) is lib
+
+
+def test_no_compiler_is_one_clear_line(tmp_path, monkeypatch):
+    import fasttarget.kernels.jpeg as jpeg
+    from fasttarget.errors import UserError
+
+    monkeypatch.setattr(jpeg.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match=r"no C compiler \(cc\) found .* apt-get install gcc libjpeg62-turbo-dev"):
+        build_library(tmp_path / "fresh")
