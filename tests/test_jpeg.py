@@ -210,5 +210,5 @@ def test_no_compiler_is_one_clear_line(tmp_path, monkeypatch):
     from fasttarget.errors import UserError
 
     monkeypatch.setattr(jpeg.shutil, "which", lambda name: None)
-    with pytest.raises(UserError, match=r"no C compiler \(cc\) found .* apt-get install gcc libjpeg62-turbo-dev"):
+    with pytest.raises(UserError, match=r"no C compiler \(cc\) found .* \(apt-get install gcc libjpeg62-turbo-dev\)"):
         build_library(tmp_path / "fresh")
