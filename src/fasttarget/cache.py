@@ -336,7 +336,7 @@ def stored_rows(logits: torch.Tensor, form: CacheForm, temperature: float) -> tu
         >>> z = torch.tensor([[3.0, 1.0, 1.0, 0.0]])
         >>> values, classes = stored_rows(z, CacheForm(top_k=1, dtype="float32"), 1.0)
         >>> classes.tolist(), round(float(values[0, 1]), 4)  # log((2e + 1) / 3)
-        ([[0]], 0.7275)
+        ([[0]], 0.7634)
     """
     if form.top_k is None:
         return (logits.to(getattr(torch, form.dtype)),)
