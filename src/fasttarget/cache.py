@@ -298,10 +298,9 @@ def _score_rows(teacher: TeacherModel, datasets: list[h5py.Dataset], f: h5py.Fil
     from fasttarget.loader import LoaderConfig, build_loader
 
     # Streamed (ffcv), in index order, un-augmented: the test view of every train sample.
-    view = {} if cfg.res is None else {"res": cfg.res}
     loader = build_loader(LoaderConfig(
         cfg.data, split="train", batch_size=cfg.batch_size, shuffle=False, drop_last=False, augment="noaug",
-        backend="ffcv", device=teacher.device, **view,
+        backend="ffcv", device=teacher.device, res=cfg.res,
     ))
     start = done // cfg.batch_size
     loader.load_state_dict({"epoch": 0, "batch": start})
