@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from fasttarget.results import CSV_FILE, EvalRow, ResultsIndex, RunRow
+from fasttarget.results import CSV_FILE, INDEX_FILE, META_FILE, EvalRow, ResultsIndex, RunRow, read_csv
 
 LOWESS_FRAC = 0.1  # the paper's: 10 % of the points in each local regression
 MAX_TABLE_ROWS = 12
@@ -80,19 +82,38 @@ class Results:
     """
 
     def __init__(self, runs: Iterable[RunRow], evals: dict[str, list[EvalRow]], budgets: Sequence[int] = (),
-                 dataset_ipc: int | None = None, name: str = "sweep"):
+                 dataset_ipc: int | None = None, name: str = "sweep", class_counts: Sequence[int] | None = None,
+                 batch_size: int | None = None):
+        runs = list(runs)
         self.runs = [r for r in runs if r.status == "done"]
+        self.failed = [r for r in runs if r.status == "failed"]
+        self.statuses = dict(Counter(r.status for r in runs))
         self.evals = {rid: {e.step: e.test_acc_h for e in ev} for rid, ev in evals.items()}
+        self.images = {rid: {e.step: e.images_seen for e in ev if e.images_seen} for rid, ev in evals.items()}
         self.budgets = tuple(sorted(budgets))
-        self.dataset_ipc = dataset_ipc
+        self.dataset_ipc = dataset_ipc if dataset_ipc is not None else (min(class_counts) if class_counts else None)
         self.name = name
+        self.class_counts = tuple(class_counts) if class_counts else None
+        self.batch_size = batch_size
 
     @classmethod
-    def load(cls, directory: Path) -> tuple[Results, ResultsIndex]:
-        index = ResultsIndex.open_existing(directory)
-        config = index.meta("config", {}) or {}
-        return cls(index.runs(), index.all_evals(), index.meta("budgets", []), index.meta("dataset_ipc"),
-                   config.get("name", Path(directory).name)), index
+    def load(cls, directory: Path) -> Results:
+        """The results of a sweep directory: its ``results.sqlite``, else the committed
+        ``results.csv`` and ``meta.json`` that :func:`write_report` exports next to it."""
+        directory = Path(directory)
+        if (directory / INDEX_FILE).is_file() or not (directory / CSV_FILE).is_file():
+            index = ResultsIndex.open_existing(directory)
+            try:
+                runs, evals, meta = index.runs(), index.all_evals(), index.all_meta()
+            finally:
+                index.close()
+        else:
+            runs, evals = read_csv(directory / CSV_FILE)
+            meta_file = directory / META_FILE
+            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        config = meta.get("config") or {}
+        return cls(runs, evals, meta.get("budgets") or [], meta.get("dataset_ipc"),
+                   config.get("name", directory.name), meta.get("class_counts"), config.get("batch_size"))
 
     # -- selection
 
@@ -136,14 +157,41 @@ class Results:
             acc = run.final_acc
         return acc
 
-    def stat(self, runs: list[RunRow], step: int) -> Stat | None:
-        """Accuracy at ``step`` over seeds (per seed, the shortest run reaching ``step``)."""
+    def per_seed(self, runs: list[RunRow], step: int | None) -> dict[int, float]:
+        """Accuracy at ``step`` by seed (per seed, the shortest run reaching ``step``), seeds sorted."""
         per_seed: dict[int, tuple[int, float]] = {}
         for r in runs:
-            acc = self.acc_at(r, step)
+            acc = None if step is None else self.acc_at(r, step)
             if acc is not None and (r.seed not in per_seed or r.steps < per_seed[r.seed][0]):
                 per_seed[r.seed] = (r.steps, acc)
-        return Stat.of([a for _, a in per_seed.values()]) if per_seed else None
+        return {s: per_seed[s][1] for s in sorted(per_seed)}
+
+    def stat(self, runs: list[RunRow], step: int) -> Stat | None:
+        """Accuracy at ``step`` over seeds (per seed, the shortest run reaching ``step``)."""
+        accs = self.per_seed(runs, step)
+        return Stat.of(list(accs.values())) if accs else None
+
+    def subset_images(self, ipc: int | None, fraction: float | None) -> int | None:
+        """Training images of a subset, when the split's class counts are known."""
+        if not self.class_counts:
+            return None
+        if ipc is not None:
+            return sum(min(ipc, c) for c in self.class_counts)
+        return sum(int(fraction * c) for c in self.class_counts) if fraction is not None else sum(self.class_counts)
+
+    def epochs(self, run: RunRow, step: int) -> float | None:
+        """Passes over the run's training subset by ``step``: the images it has seen (or step ×
+        the sweep's batch, capped at the subset as older sweeps did), over the subset's size."""
+        size = self.subset_images(run.ipc, run.fraction)
+        seen = self.images.get(run.run_id, {}).get(step)
+        if seen is None and self.batch_size and size:
+            seen = step * min(self.batch_size, size)
+        return seen / size if seen and size else None
+
+    def when(self, runs: list[RunRow], step: int) -> str:
+        """``step 200 = 0.51 epochs`` (the epoch part when it is known)."""
+        ep = next((e for e in (self.epochs(r, step) for r in runs) if e is not None), None)
+        return f"step {step}" + ("" if ep is None else f" = {ep:.3g} epochs of {subset_name(runs[0].ipc, runs[0].fraction)}")
 
     def steps_of(self, runs: list[RunRow]) -> list[int]:
         """Evaluation steps present in at least one of ``runs``."""
@@ -619,15 +667,20 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
 
     from fasttarget.claims import check_claims, claims_markdown
 
+    directory = Path(directory)
     out = Path(out or directory)
     out.mkdir(parents=True, exist_ok=True)
-    res, index = Results.load(directory)
-    try:
-        counts = index.status_counts()
-        failed = index.runs(status="failed")
-        index.write_csv(out / CSV_FILE)
-    finally:
-        index.close()
+    res = Results.load(directory)
+    if (directory / INDEX_FILE).is_file():
+        index = ResultsIndex.open_existing(directory)
+        try:
+            index.write_csv(out / CSV_FILE)
+        finally:
+            index.close()
+    elif out.resolve() != directory.resolve():  # a report redone from the committed CSV
+        for name in (CSV_FILE, META_FILE):
+            if (directory / name).is_file():
+                shutil.copyfile(directory / name, out / name)
     written = [out / CSV_FILE]
 
     claims = check_claims(res)
@@ -637,7 +690,7 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
     written += [out / "claims.md", out / "claims.json"]
 
     lines = [f"# Sweep report: {res.name}", "",
-             f"Runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}. "
+             f"Runs: {', '.join(f'{n} {s}' for s, n in sorted(res.statuses.items()))}. "
              f"Accuracies are the linear classifier h's top-1 on the test split, in %.", "",
              "## Claim check (the paper's findings a–f)", "", claims_md, ""]
     for section in table1(res) + [table2(res), table3(res), table4(res)]:
@@ -652,8 +705,9 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
-    if failed:
-        lines += ["## Failed runs", "", _md_table(["Run", "Error"], [[r.run_id, r.error or ""] for r in failed]), ""]
+    if res.failed:
+        lines += ["## Failed runs", "", _md_table(["Run", "Error"], [[r.run_id, r.error or ""] for r in res.failed]),
+                  ""]
     (out / "report.md").write_text("\n".join(lines))
     written.insert(0, out / "report.md")
     return written

@@ -95,6 +95,7 @@ def run_sweep(
             backend.close()
         if ctx.class_counts():
             ctx.index.set_meta("dataset_ipc", min(ctx.class_counts()))
+            ctx.index.set_meta("class_counts", ctx.class_counts())
         counts: dict[str, int] = {}
         for u in runs:
             status = ctx.index.runs(run_id=u.spec.run_id)[0].status
