@@ -332,17 +332,26 @@ def test_paired_train_configs_differ_only_in_targets(tmp_path):
         assert len({c["strategy"] for c in cfgs}) == 3
 
 
-def test_batch_capped_at_small_subsets(tmp_path):
-    """IPC × classes below the batch size: the run trains on the whole subset per step."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_small_subsets_stream_or_cap_the_batch(tmp_path, stream):
+    """IPC × classes below a few batches: by default the run keeps its batch and streams across
+    epochs; with stream_small_subsets = false the batch is capped at the subset."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text(json.dumps({"splits": {"train": {"class_counts": [60, 70]}}}))
     data = json.loads(json.dumps(TINY))
     data["data"] = {"dir": str(tmp_path / "data")}
+    data.setdefault("student", {}).update(batch_size=64, stream_small_subsets=stream)
     data["grid"][0].update(strategies=["A"], ipc=[10, 50])
     rec = Recorder()
     run_sweep(SweepConfig.from_dict(data), tmp_path, INLINE, stages=rec.stages())
-    assert sorted({(r.spec.ipc, r.batch_size) for r in rec.runs}) == [(10, 20), (50, 100)]
-    assert ResultsIndex(tmp_path / "results.sqlite").meta("dataset_ipc") == 60
+    from fasttarget.sweep import train_config
+
+    got = sorted({(r.spec.ipc, r.batch_size, r.stream, train_config(r).stream) for r in rec.runs})
+    # 20 and 100 images; a batch of 64: 100 < 4 batches streams too
+    assert got == ([(10, 64, True, True), (50, 64, True, True)] if stream else
+                   [(10, 20, False, False), (50, 64, False, False)])
+    index = ResultsIndex(tmp_path / "results.sqlite")
+    assert index.meta("dataset_ipc") == 60 and index.meta("class_counts") == [60, 70]
 
 
 def _cli(monkeypatch, *args: str) -> int:

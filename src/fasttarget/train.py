@@ -97,6 +97,8 @@ class TrainConfig:
         loss: ``"separation"`` (the paper's) or ``"coupled"`` (plain KD), see :mod:`fasttarget.losses`.
         temperature: T of the soft targets and of ``g``'s softmax.
         batch_size: global batch (split across ranks under DDP).
+        stream: cut batches across epoch boundaries (:mod:`fasttarget.order`), so a subset
+            smaller than a batch trains with the full batch; without it such a subset is an error.
         lr, weight_decay: AdamW's.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         compile: ``torch.compile`` the student; ``None`` = on CUDA only.
@@ -123,6 +125,7 @@ class TrainConfig:
     loss: str = "separation"
     temperature: float = 2.0
     batch_size: int = 128
+    stream: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.01
     device: str | None = None
@@ -354,11 +357,13 @@ def training_subset(ipc: int | None, fraction: float | None, seed: int):
     return None if subset.is_full else subset
 
 
-def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None):
+def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None,
+                        stream: bool = False):
     """The loader config of a training split: shuffled, augmented, ``drop_last``, this rank's share.
 
     Args:
         subset: a :class:`~fasttarget.subsets.SubsetConfig` or ``None`` for the whole split.
+        stream: batches cut across epoch boundaries (``LoaderConfig.stream``).
     """
     from fasttarget.loader import LoaderConfig
 
@@ -366,7 +371,7 @@ def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} is not divisible by the {world} processes: pick a multiple")
     return LoaderConfig(data_dir=data, split="train", batch_size=batch_size // world, shuffle=True, drop_last=True,
-                        seed=seed, augment=aug, device=device, subset=subset)
+                        seed=seed, augment=aug, device=device, subset=subset, stream=stream)
 
 
 def eval_loader_config(data: Path, device: torch.device, batch_size: int = 1000):
@@ -661,8 +666,8 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
         return run.final
     meta = run.meta
     subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
-    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset),
-                          targets=run.targets)
+    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset,
+                                              cfg.stream), targets=run.targets)
     test_loader = build_loader(eval_loader_config(cfg.data, device))
 
     student, forward = prepare_model(build_run_student(cfg, meta), device, cfg.compile)

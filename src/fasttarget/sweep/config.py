@@ -137,6 +137,9 @@ class SweepConfig:
         arch, width: the student model.
         device: ``cpu`` or ``cuda``.
         batch_size, temperature: student training settings.
+        stream_small_subsets: subsets smaller than a few batches keep ``batch_size`` and
+            stream across epochs (:func:`fasttarget.sweep.plan.run_batch_size`); ``false``
+            caps the batch at the subset's size instead (how sweeps before it trained).
         compile: ``torch.compile`` the student (``None``: on CUDA only).
         teacher: :class:`TeacherSettings`.
         grids: the :class:`GridConfig` tables.
@@ -154,6 +157,7 @@ class SweepConfig:
     width: float = 1.0
     device: str = "cpu"
     batch_size: int = 128
+    stream_small_subsets: bool = True
     temperature: float = 2.0
     compile: bool | None = None
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
@@ -210,7 +214,8 @@ class SweepConfig:
         teacher = dict(data.get("teacher", {}))
         _no_unknown("[teacher]", teacher, {f.name for f in fields(TeacherSettings)})
         student = dict(data.get("student", {}))
-        _no_unknown("[student]", student, {"batch_size", "temperature", "compile", "eval_every", "seeds"})
+        _no_unknown("[student]", student, {"batch_size", "stream_small_subsets", "temperature", "compile",
+                                               "eval_every", "seeds"})
         resources = {}
         for kind, table in dict(data.get("resources", {})).items():
             if not isinstance(table, dict):
@@ -238,6 +243,7 @@ class SweepConfig:
             width=float(model.get("width", 1.0)),
             device=data.get("device", "cpu"),
             batch_size=int(student.get("batch_size", 128)),
+            stream_small_subsets=bool(student.get("stream_small_subsets", True)),
             temperature=float(student.get("temperature", 2.0)),
             compile=student.get("compile"),
             teacher=TeacherSettings(**teacher),
