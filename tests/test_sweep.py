@@ -9,6 +9,8 @@ stages in ``test_sweep_smoke``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import json
 import os
@@ -188,7 +190,8 @@ def test_toml_presets_parse():
 
 
 def test_dry_run_describes_without_writing(tmp_path):
-    text = describe_plan(_cfg(), tmp_path / "out")
+    cfg = dataclasses.replace(_cfg(), data_source=tmp_path)  # dry runs check that the source exists
+    text = describe_plan(cfg, tmp_path / "out", estimate=False)
     assert "20 new" in text and "teacher ladder stdaug (30%, 50%): to run" in text
     assert not (tmp_path / "out").exists()
 

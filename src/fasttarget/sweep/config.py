@@ -7,6 +7,7 @@ everything downstream takes the frozen dataclasses.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,15 @@ class SweepConfig:
                         "change eval_every or set budgets_from_one_run = false"
                     )
 
+    def check_paths(self) -> None:
+        """Every path the sweep reads exists (``[data] source`` or ``dir``)."""
+        if self.data_source is not None and not self.data_source.exists():
+            raise UserError(f"[data] source {self.data_source} does not exist: fix the path (relative paths are "
+                            "read from the config file's folder) or download the dataset there")
+        if self.data_dir is not None and not (self.data_dir / "meta.json").is_file():
+            raise UserError(f"[data] dir {self.data_dir} is not a converted dataset (no meta.json): run "
+                            f"`fasttarget convert` into it, or give the raw data as [data] source")
+
     def unit_resources(self, kind: str) -> Resources:
         """The declared resources of a unit kind (``[resources.<kind>]``, else the default)."""
         return self.resources.get(kind) or default_resources(kind, self.device)
@@ -199,11 +209,16 @@ class SweepConfig:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise UserError(f"{path} is not valid TOML: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, base=path.parent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
-        """Build from the parsed TOML tables; unknown keys are refused (they are typos)."""
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> SweepConfig:
+        """Build from the parsed TOML tables; unknown keys are refused (they are typos).
+
+        Args:
+            base: the folder relative ``[data]`` paths are read from (:meth:`from_toml`: the
+                config file's); ``None`` keeps them relative to the working directory.
+        """
         data = dict(data)
         _no_unknown("top level", data, {"name", "description", "device", "budgets_from_one_run",
                                          "data", "model", "teacher", "student", "grid", "resources"})
@@ -237,8 +252,8 @@ class SweepConfig:
             name=data.get("name", "sweep"),
             grids=tuple(grids),
             dataset=dat.get("dataset", "cifar10"),
-            data_source=Path(dat["source"]) if "source" in dat else None,
-            data_dir=Path(dat["dir"]) if "dir" in dat else None,
+            data_source=_path(dat["source"], base) if "source" in dat else None,
+            data_dir=_path(dat["dir"], base) if "dir" in dat else None,
             arch=model.get("arch", "resnet18"),
             width=float(model.get("width", 1.0)),
             device=data.get("device", "cpu"),
@@ -254,6 +269,12 @@ class SweepConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable copy (stored in the results index)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def _path(value: str, base: Path | None) -> Path:
+    """``value`` read from ``base`` when relative (a config's paths do not depend on the shell's folder)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else Path(os.path.normpath(Path(base).resolve() / path))
 
 
 def _no_unknown(where: str, table: dict[str, Any], known: set[str]) -> None:
