@@ -220,27 +220,26 @@ class SweepConfig:
                 config file's); ``None`` keeps them relative to the working directory.
         """
         data = dict(data)
-        _no_unknown("top level", data, {"name", "description", "device", "budgets_from_one_run",
-                                         "data", "model", "teacher", "student", "grid", "resources"})
+        keys = schema()
+        _no_unknown("top level", data, keys["top level"])
         dat = dict(data.get("data", {}))
-        _no_unknown("[data]", dat, {"dataset", "source", "dir"})
+        _no_unknown("[data]", dat, keys["[data]"])
         model = dict(data.get("model", {}))
-        _no_unknown("[model]", model, {"arch", "width"})
+        _no_unknown("[model]", model, keys["[model]"])
         teacher = dict(data.get("teacher", {}))
-        _no_unknown("[teacher]", teacher, {f.name for f in fields(TeacherSettings)})
+        _no_unknown("[teacher]", teacher, keys["[teacher]"])
         student = dict(data.get("student", {}))
-        _no_unknown("[student]", student, {"batch_size", "stream_small_subsets", "temperature", "compile",
-                                               "eval_every", "seeds"})
+        _no_unknown("[student]", student, keys["[student]"])
         resources = {}
         for kind, table in dict(data.get("resources", {})).items():
             if not isinstance(table, dict):
                 raise UserError(f"[resources]: {kind} must be a table such as [resources.{kind}] num_cpus = 1")
-            _no_unknown(f"[resources.{kind}]", table, {f.name for f in fields(Resources)})
+            _no_unknown(f"[resources.{kind}]", table, keys["[resources.KIND]"])
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in table.values()):
                 raise UserError(f"[resources.{kind}]: num_cpus and num_gpus are numbers, got {table}")
             resources[kind] = Resources(**{k: float(v) for k, v in table.items()})
         grid_defaults = {k: student[k] for k in ("eval_every", "seeds") if k in student}
-        grid_keys = {f.name for f in fields(GridConfig)}
+        grid_keys = keys["[[grid]]"]
         grids = []
         for i, g in enumerate(data.get("grid", [])):
             g = {"name": f"grid{i + 1}", **grid_defaults, **g}
@@ -269,6 +268,20 @@ class SweepConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable copy (stored in the results index)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def schema() -> dict[str, set[str]]:
+    """Every table of a sweep TOML and the keys it accepts (docs/sweeps.md documents each; a test checks)."""
+    return {
+        "top level": {"name", "description", "device", "budgets_from_one_run", "data", "model", "teacher",
+                      "student", "grid", "resources"},
+        "[data]": {"dataset", "source", "dir"},
+        "[model]": {"arch", "width"},
+        "[teacher]": {f.name for f in fields(TeacherSettings)},
+        "[student]": {"batch_size", "stream_small_subsets", "temperature", "compile", "eval_every", "seeds"},
+        "[[grid]]": {f.name for f in fields(GridConfig)},
+        "[resources.KIND]": {f.name for f in fields(Resources)},
+    }
 
 
 def _path(value: str, base: Path | None) -> Path:
