@@ -122,9 +122,28 @@ def test_lowess_is_applied_to_the_plotted_curves():
     np.testing.assert_allclose(b_line.get_xdata(), xs)
     np.testing.assert_allclose(b_line.get_ydata(), expected[idx, 1] * 100)
     assert not np.allclose(b_line.get_ydata(), [y[x == s].mean() * 100 for s in xs])  # smoothed, not means
-    scatter = [c for c in ax.collections if len(c.get_offsets()) == 120]
-    assert scatter and all(c.get_alpha() < 0.5 for c in scatter)  # raw points faint
     assert ax.get_xlabel() == "Training step" and "accuracy" in ax.get_ylabel()
+
+
+def test_few_evaluations_plot_seed_means_with_bands_teacher_lines_and_epochs():
+    pairs = [make_run("B", seed, lambda s, seed=seed: 0.2 + s / 500 + seed / 100, steps=50, teacher=0.5)
+             for seed in range(3)]
+    pairs += [make_run("A", seed, lambda s, seed=seed: 0.1 + s / 400 + seed / 50, steps=50) for seed in range(3)]
+    res = Results([r for r, _ in pairs], {r.run_id: e for r, e in pairs}, class_counts=[500] * 10, batch_size=100,
+                  name="synthetic")
+    fig, _ = fig_acc_vs_step(res)
+    ax = fig.axes[0]
+    a_line = next(line for line in ax.get_lines() if line.get_label() == "A (one-hot)")
+    steps = np.arange(10, 51, 10)
+    np.testing.assert_allclose(a_line.get_xdata(), steps)
+    np.testing.assert_allclose(a_line.get_ydata(), (0.1 + steps / 400 + 0.02) * 100)  # mean of the seeds
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]  # ±1 sd of 0.1, 0.12, 0.14 around the mean
+    assert band.max() - band.min() > 2 * 2.0 - 1e-6
+    teacher = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(teacher) == 1 and teacher[0].get_ydata()[0] == pytest.approx(50.3)  # measured accuracy
+    top = ax.child_axes  # the epoch axis: 50 steps × 100 images / 5000 = 1 epoch
+    assert top and "Epochs of full" in top[0].get_xlabel()
+    assert res.epochs(res.runs[0], 50) == pytest.approx(1.0)
 
 
 def test_lowess_widens_for_few_steps():
