@@ -214,3 +214,12 @@ def test_report_is_redone_from_the_committed_csv_and_meta(tmp_path):
     write_report(committed)
     assert (committed / "claims.json").read_text() == (first / "claims.json").read_text()
     assert (committed / "report.md").read_text() == (first / "report.md").read_text()
+
+
+def test_committed_cpu_small_results_re_report_to_their_committed_claims():
+    from fasttarget.claims import check_claims
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-small"
+    res = Results.load(committed)
+    assert len(res.runs) == 33 and res.class_counts == (5000,) * 10
+    assert [c.to_json() for c in check_claims(res)] == json.loads((committed / "claims.json").read_text())

@@ -738,7 +738,7 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
         for name in (CSV_FILE, META_FILE):
             if (directory / name).is_file():
                 shutil.copyfile(directory / name, out / name)
-    written = [out / CSV_FILE]
+    written = [out / CSV_FILE] if (directory / INDEX_FILE).is_file() or out.resolve() != directory.resolve() else []
 
     claims = check_claims(res)
     claims_md = claims_markdown(claims)
