@@ -481,7 +481,7 @@ def check_claims(res: Results) -> list[Claim]:
     return [check(res) for check in CHECKS.values()]
 
 
-def _summary(c: Claim) -> str:
+def summary(c: Claim) -> str:
     """The decisive contrast of a finding in one cell: the first one not supported, else the first."""
     if not c.contrasts:
         return "–"
@@ -494,7 +494,7 @@ def _summary(c: Claim) -> str:
 def claims_markdown(claims: list[Claim]) -> str:
     """A summary table then, per finding, every contrast with its interval and verdict."""
     rows = ["| Finding | Verdict | Mean difference, points [95 % CI] | Seed pairs |", "|---|---|---|---|"]
-    rows += [f"| ({c.key}) {c.finding} | **{c.verdict}** | {_summary(c)} | {c.pairs if c.pairs else '–'} |"
+    rows += [f"| ({c.key}) {c.finding} | **{c.verdict}** | {summary(c)} | {c.pairs if c.pairs else '–'} |"
              for c in claims]
     details = []
     for c in claims:

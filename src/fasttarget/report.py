@@ -707,6 +707,30 @@ FIGURES = {
 # -- the report -------------------------------------------------------------------------
 
 
+def wall_time(res: Results) -> tuple[float, float | None]:
+    """(seconds of student training summed over runs, hours from the first run's end to the
+    last's — the sweep's span, ``None`` when the runs carry no timestamps)."""
+    from datetime import datetime
+
+    total = sum(r.wall_s or 0.0 for r in res.runs)
+    stamps = sorted(datetime.fromisoformat(r.updated_at) for r in res.runs if r.updated_at)
+    span = (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else None
+    return total, span
+
+
+def closing_lines(res: Results, claims: list) -> list[str]:
+    """The six verdicts with their decisive intervals, and the time the runs took."""
+    from fasttarget.claims import summary
+
+    total, span = wall_time(res)
+    lines = [f"- ({c.key}) **{c.verdict}** {summary(c)}" + (f" ({c.pairs} seed pairs)" if c.pairs else "")
+             for c in claims]
+    lines.append(f"- Student training: {total / 3600:.2f} h summed over {len(res.runs)} runs"
+                 + ("" if span is None else f"; {span / 3600:.2f} h from the first run's end to the last's "
+                    "(ladders, caches and the first runs come before)") + ".")
+    return lines
+
+
 def write_report(directory: Path, out: Path | None = None) -> list[Path]:
     """Write ``report.md``, ``claims.md``, ``claims.json``, the figures and ``results.csv``.
 
@@ -765,6 +789,7 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
     if res.failed:
         lines += ["## Failed runs", "", _md_table(["Run", "Error"], [[r.run_id, r.error or ""] for r in res.failed]),
                   ""]
+    lines += ["## Summary", "", *closing_lines(res, claims), ""]
     (out / "report.md").write_text("\n".join(lines))
     written.insert(0, out / "report.md")
     return written
