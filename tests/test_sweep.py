@@ -366,12 +366,13 @@ def _cli(monkeypatch, *args: str) -> int:
     return exit_.value.code
 
 
-def test_cli_dry_run_and_bad_config(tmp_path, monkeypatch, capsys):
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text('name = "tiny"\n[data]\ndir = "d"\n[[grid]]\nstrategies = ["A"]\nstudent_augs = ["stdaug"]\n'
-                   'steps = [10]\neval_every = 5\nseeds = [0, 1]\n')
+def test_cli_dry_run_and_bad_config(tmp_path, monkeypatch, capsys, sample_dir):
+    cfg = tmp_path / "tiny.toml"  # a real converted dir (dry runs check it) and a small student (the time probe)
+    cfg.write_text(f'name = "tiny"\n[data]\ndir = "{sample_dir}"\n[model]\nwidth = 0.125\n[student]\nbatch_size = 16\n'
+                   '[[grid]]\nstrategies = ["A"]\nstudent_augs = ["stdaug"]\nsteps = [10]\neval_every = 5\nseeds = [0, 1]\n')
     assert _cli(monkeypatch, "sweep", str(cfg), "--out", str(tmp_path / "o"), "--dry-run") == 0
-    assert "runs: 2 (2 new)" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    out = capsys.readouterr().out
+    assert "runs: 2 (2 new)" in out and "estimate: " in out and not (tmp_path / "o").exists()
     cfg.write_text(cfg.read_text().replace('["A"]', '["Z"]'))
     assert _cli(monkeypatch, "sweep", str(cfg), "--out", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err

@@ -289,7 +289,7 @@ class _Loader(abc.ABC):
             # Worded for both doors: the CLI's options, then the library's.
             raise UserError(f"{len(pool)} samples on {self.world_size} rank(s) make no full batch of "
                             f"{cfg.batch_size}: lower --batch-size to {self.num_samples} or raise --ipc/--fraction "
-                            f"(train: --stream; library: LoaderConfig(stream=True) or drop_last=False)")
+                            f"(library: LoaderConfig(batch_size={self.num_samples}) or drop_last=False)")
 
     @property
     def num_samples(self) -> int:
