@@ -26,7 +26,7 @@ import torch
 from fasttarget.augment import ResizedCrop, center_crop_boxes
 from fasttarget.convert import ConvertConfig, convert
 from fasttarget.dataset import DatasetMeta, check_dataset, read_image_sizes
-from fasttarget.loader import FfcvLoader, LoaderConfig, build_loader, seeded_generator
+from fasttarget.loader import FfcvLoader, LoaderConfig, build_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample" / "train"
@@ -268,11 +268,9 @@ def teacher(imagenet_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cache(imagenet_dir, teacher, tmp_path_factory) -> Path:
-    from fasttarget.cli import main
-
     out = tmp_path_factory.mktemp("cache") / "targets.h5"
     proc = subprocess.run([FASTTARGET, "cache", "build", "--data", imagenet_dir, "--teacher", teacher,
-                           "--out", out, "--device", "cpu", "--batch-size", "8"], capture_output=True, text=True)
+                           "--out", out, "--device", "cpu", "--batch-size", "8", "--res", str(RES)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -281,6 +279,9 @@ def _strategy_args(strategy: str, teacher: Path, cache: Path) -> list:
     return {"A": [], "B": ["--teacher", teacher], "C": ["--cache", cache]}[strategy]
 
 
+# Slow: three processes per strategy, each compiling ffcv's pipeline (about 1-4 min a strategy on the loaded
+# 2-core machine).
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["A", "B", "C"])
 def test_student_trains_evaluates_and_resumes_after_sigkill(strategy, imagenet_dir, teacher, request, tmp_path):
     """``fasttarget train --strategy A|B|C --res 64 --width 0.25``: killed after its first checkpoint,

@@ -369,8 +369,8 @@ def _read_split(directory: str | Path, split: str, num_workers: int | None,
 
     meta = DatasetMeta.load(directory) if meta is None else meta
     if meta.image_shape is None:
-        raise UserError(f"{directory} holds images of different sizes; read_split needs one size: "
-                        "reconvert with --max-side or read it with a resizing loader")
+        raise UserError(f"{directory} holds images of different sizes, which read_split cannot hold in one "
+                        "array: stream it with fasttarget.loader.build_loader, which crops them as it decodes")
     path = check_split(directory, split, meta=meta)
     n = meta.count(split)
     # Filled completely: check_split made sure the index field numbers exactly these n rows.

@@ -10,7 +10,8 @@ tensor on the batch's device (rows sum to 1). The classifier head's hard labels 
   possibly mixed, images the student receives — one soft target per view.
 - **C** (:class:`CachedTargets`): ``softmax(teacher(original) / T)`` of the un-augmented sample,
   read from the logits cache by sample index (:mod:`fasttarget.cache`), then mixed with the
-  batch's λ and permutation — every view of a sample shares one target.
+  batch's λ and permutation — every view of a sample shares one target. From a top-k cache the
+  target is FKD's marginally smoothed top-k distribution (:func:`topk_probabilities`).
 
 The teacher is wrapped once by :class:`TeacherModel` (eval mode, no grad, its own input
 normalization, channels_last, and on CUDA bf16 autocast + optional ``torch.compile``), so
@@ -42,7 +43,7 @@ from fasttarget.errors import UserError
 from fasttarget.models import load_classifier, memory_format
 
 if TYPE_CHECKING:
-    from fasttarget.cache import TargetCache
+    from fasttarget.cache import CacheForm, TargetCache
     from fasttarget.dataset import DatasetMeta
     from fasttarget.loader import Batch
 
@@ -190,6 +191,47 @@ class TeacherTargets:
         return torch.softmax(self.teacher(batch.images) / self.temperature, dim=1)
 
 
+def topk_probabilities(
+    values: torch.Tensor, classes: torch.Tensor, num_classes: int, temperature: float
+) -> torch.Tensor:
+    """A top-k cache's targets: FKD's marginal smoothing of the K kept logits.
+
+    A top-k row (:func:`fasttarget.cache.stored_rows`) holds the K largest teacher logits
+    ``z_1 … z_K`` of classes ``c_1 … c_K`` and the tail logit
+    ``r = T0·(log Σ_{j∉top-K} exp(z_j/T0) − log(C−K))`` computed at the build temperature T0.
+    At read temperature T, with ``m = max(z_1, r)`` (numerical stability only) and
+
+        ``Z = Σ_i exp((z_i − m)/T) + (C−K)·exp((r − m)/T)``,
+
+    the target is ``p[c_i] = exp((z_i − m)/T) / Z`` for the kept classes and
+    ``p[j] = exp((r − m)/T) / Z`` for each of the C−K others; rows sum to 1. At T = T0 the kept
+    probabilities are exactly the teacher's ``softmax(z/T0)`` of those classes and every other
+    class gets ``(1 − Σ_i p[c_i]) / (C−K)``: the remaining mass spread evenly, as FKD does. At
+    another T it is the softmax at T of the logits with every other class set to ``r``.
+
+    Args:
+        values: ``[B, K+1]`` the kept logits, then the tail logit (any float dtype).
+        classes: ``[B, K]`` their class indices (any integer dtype).
+        num_classes: C.
+        temperature: T.
+
+    Returns:
+        float32 ``[B, C]`` probabilities.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0, 0.0, 0.0]])  # top-1 and its tail logit at T0 = 1
+        >>> values = torch.tensor([[2.0, 0.0]])
+        >>> torch.allclose(topk_probabilities(values, torch.tensor([[0]]), 4, 1.0), torch.softmax(z, 1))
+        True
+    """
+    k = classes.shape[1]
+    scaled = values.float() / temperature
+    weights = (scaled - scaled.max(dim=1, keepdim=True).values).exp()
+    total = weights[:, :k].sum(dim=1, keepdim=True) + (num_classes - k) * weights[:, k:]
+    probs = (weights[:, k:] / total).expand(-1, num_classes).clone()
+    return probs.scatter_(1, classes.long(), weights[:, :k] / total)
+
+
 class CachedTargets:
     """Strategy C: the cached ``softmax(teacher(original) / T)`` of each sample, mixed like the views.
 
@@ -204,8 +246,14 @@ class CachedTargets:
         self.num_classes = cache.num_classes
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        logits = self.cache.gather(batch.indices, batch.images.device)
-        return batch.record.mix(torch.softmax(logits.float() / self.temperature, dim=1))
+        device = batch.images.device
+        logits = self.cache.gather(batch.indices, device)
+        if self.cache.form.top_k is None:
+            probs = torch.softmax(logits.float() / self.temperature, dim=1)
+        else:
+            classes = self.cache.gather_classes(batch.indices, device)
+            probs = topk_probabilities(logits, classes, self.num_classes, self.temperature)
+        return batch.record.mix(probs)
 
 
 @dataclass(frozen=True)
@@ -219,6 +267,8 @@ class TargetConfig:
             cache must have been built from exactly this file (checked by SHA-256).
         cache: the logits cache written by ``fasttarget cache build``; required for C.
         compile: ``torch.compile`` the teacher (B on CUDA only).
+        cache_form: the :class:`~fasttarget.cache.CacheForm` the cache must hold (C); ``None``
+            takes either form.
     """
 
     strategy: str = "A"
@@ -226,6 +276,7 @@ class TargetConfig:
     teacher: Path | None = None
     cache: Path | None = None
     compile: bool = False
+    cache_form: CacheForm | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -261,6 +312,7 @@ def build_targets(cfg: TargetConfig, meta: DatasetMeta, device: str | torch.devi
         expected_fingerprint=meta.fingerprint,
         num_classes=meta.num_classes,
         teacher_sha256=teacher_sha256(cfg.teacher) if cfg.teacher is not None else None,
+        form=cfg.cache_form,
     )
     return CachedTargets(cache, cfg.temperature)
 

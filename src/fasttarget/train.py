@@ -436,7 +436,7 @@ def _ensure_cache(cfg: TrainConfig, meta, device: torch.device, progress: bool) 
     rank, world = distributed_info()
     if rank == 0 and not path.is_file():
         build_cache(CacheBuildConfig(data=cfg.data, teacher=cfg.teacher, out=path, temperature=cfg.temperature,
-                                     device=str(device), progress=progress))
+                                     device=str(device), progress=progress, res=cfg.res))
     if world > 1:
         dist.barrier()
     return path

@@ -71,8 +71,8 @@ from fasttarget.bench.loader import (
 from fasttarget.bench.step import STEP_AUGMENT, STEP_BATCH, STUDENT_BATCH, StudentStep, step_comparisons
 from fasttarget.bench.table import format_table, machine_info, missed_goals
 from fasttarget.bench.targets import (
-    COLD_SHAPE, GATHER_BATCH, GATHER_CALLS, cold_gather_comparison, drop_page_cache, page_cache_unsupported,
-    targets_comparisons, write_synthetic_cache,
+    COLD_SHAPE, FP16_FULL, GATHER_BATCH, GATHER_CALLS, TOPK_K, TOPK_SHAPE, cold_gather_comparison, drop_page_cache,
+    page_cache_unsupported, targets_comparisons, topk_gather_comparison, write_synthetic_cache,
 )
 from fasttarget.bench.timing import Comparison, Row, elapsed, fastest, measure, race_note
 
@@ -87,6 +87,10 @@ __all__ = [
     "BenchContext",
     "cold_gather_comparison",
     "COLD_SHAPE",
+    "FP16_FULL",
+    "TOPK_K",
+    "TOPK_SHAPE",
+    "topk_gather_comparison",
     "Comparison",
     "COMPARISONS",
     "convert_comparisons",
