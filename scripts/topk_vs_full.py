@@ -6,7 +6,8 @@ differ only in the cache they read (same initialization, data order, augmentatio
 fixes all three). Prints each seed's test accuracies and the mean paired difference
 (top-K minus full) with its 95 % t interval.
 
-Sized for a loaded 2-core machine (about 10 minutes at the defaults): the first ``--train``
+Sized for a 2-core machine (not measured to the end on the loaded one: at load 15 the 300-step
+teacher alone took over 8 CPU-minutes): the first ``--train``
 images of real CIFAR-10's train split and ``--test`` test images, narrow networks, a few
 hundred steps. Run from the repository root:
 
@@ -99,7 +100,7 @@ def main() -> None:
     data = subset_cifar10(args.source, args.out, args.train, args.test)
     teacher = args.out / "teacher.pt"
     teacher_accuracy = train_teacher(data, teacher, args.teacher_steps, args.teacher_width)
-    print(f"teacher: ResNet-18 x{args.teacher_width}, {args.teacher_steps} steps, test accuracy {teacher_accuracy:.4f}")
+    print(f"teacher: ResNet-18 x{args.teacher_width}, {args.teacher_steps} steps, test accuracy {teacher_accuracy:.4f}", flush=True)
     caches = {}
     for name, top_k in (("full", None), (f"top{args.top_k}", args.top_k)):
         caches[name] = build_cache(CacheBuildConfig(data, teacher, args.out / f"{name}.h5", top_k=top_k,

@@ -66,6 +66,7 @@ from torch import Tensor
 from fasttarget.augment import AugmentConfig, AugRecord, Augment, ResizedCrop, build_augment, center_crop_boxes
 from fasttarget.dataset import DatasetMeta, check_split, read_image_sizes, read_labels, read_split
 from fasttarget.errors import UserError
+from fasttarget.order import permuted, stream_batches, stream_rows
 from fasttarget.threads import kept_threads
 
 if TYPE_CHECKING:
@@ -75,8 +76,7 @@ BACKENDS = ("auto", "resident", "ffcv")
 # Tiny-ImageNet's train split (100k x 64 x 64 x 3 = 1.2 GB) fits, ImageNet's does not.
 DEFAULT_MEMORY_BUDGET = 4 * 2**30
 
-# First words of the seed sequences, so that order and augmentation streams never coincide.
-_ORDER_STREAM = 0x0D
+# First word of the augmentation's seed sequences (the order's is fasttarget.order.ORDER_STREAM).
 _AUGMENT_STREAM = 0xA6
 _CROP_STREAM = 0xC5
 #: The output side of variable-size data when ``LoaderConfig.res`` is not set.
@@ -116,6 +116,9 @@ class LoaderConfig:
         res: output side in pixels. Variable-size data is cut to ``res x res`` at decode time
             (default :data:`DEFAULT_RES`); fixed-size data is delivered at its own size, which
             ``res`` may only repeat.
+        stream: cut batches from a stream of per-epoch permutations (:mod:`fasttarget.order`),
+            across epoch boundaries, so a subset smaller than a batch still trains with the
+            full batch (the paper's batch 128 at IPC 10); a pass is then about one epoch.
     """
 
     data_dir: str | Path | None = None
@@ -135,6 +138,7 @@ class LoaderConfig:
     rank: int | None = None
     world_size: int | None = None
     res: int | None = None
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -153,6 +157,8 @@ class LoaderConfig:
             raise UserError(f"res={self.res} is not an image side: pass e.g. 224 (between 8 and 4096)")
         if self.quasi_random and (self.backend == "resident" or not self.shuffle):
             raise UserError("quasi_random is a shuffled ffcv order: use it with backend 'ffcv' or 'auto' and shuffle=True")
+        if self.quasi_random and self.stream:
+            raise UserError("stream and quasi_random are two sample orders: pick one")
         build_augment(self.augment)  # raises UserError on an unknown name
 
     def shard(self) -> tuple[int, int]:
@@ -230,7 +236,7 @@ def seeded_generator(*words: int) -> torch.Generator:
 
 def epoch_rows(
     pool: np.ndarray, *, seed: int, epoch: int, shuffle: bool, batch_size: int, drop_last: bool,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, stream: bool = False,
 ) -> np.ndarray:
     """The split rows one rank visits in one epoch, in order.
 
@@ -243,6 +249,9 @@ def epoch_rows(
 
     The plan is made on the host with numpy (a 50,000-row permutation takes a millisecond;
     torch's CPU index kernels were 10-20x slower on a 2-core machine).
+
+    With ``stream`` the epoch is pass ``epoch`` of :func:`fasttarget.order.stream_rows`
+    instead (batches cut across epoch boundaries; ``drop_last`` does not apply).
 
     Args:
         pool: int64 ``[M]`` the rows to draw from (the whole split, or a subset).
@@ -257,8 +266,10 @@ def epoch_rows(
         >>> sorted(np.concatenate(shards).tolist()) == list(range(10))
         True
     """
-    if shuffle:
-        pool = np.random.default_rng(np.random.SeedSequence([_ORDER_STREAM, seed, epoch])).permutation(pool)
+    if stream:
+        return stream_rows(pool, seed=seed, epoch=epoch, shuffle=shuffle, batch_size=batch_size, rank=rank,
+                           world_size=world_size)
+    pool = permuted(pool, seed=seed, epoch=epoch, shuffle=shuffle)
     if drop_last:
         per_rank = len(pool) // world_size
         shard = pool[: per_rank * world_size][rank::world_size]
@@ -336,6 +347,8 @@ class _Loader(abc.ABC):
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.cfg.batch_size
+        if self.cfg.stream:
+            return stream_batches(len(self._pool), b, self.world_size)
         return n // b if self.cfg.drop_last else math.ceil(n / b)
 
     def set_epoch(self, epoch: int) -> None:
@@ -365,7 +378,7 @@ class _Loader(abc.ABC):
         """The split rows this rank visits in ``epoch``, in batch order."""
         cfg = self.cfg
         return epoch_rows(self._pool, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle, batch_size=cfg.batch_size,
-                          drop_last=cfg.drop_last, rank=self.rank, world_size=self.world_size)
+                          drop_last=cfg.drop_last, rank=self.rank, world_size=self.world_size, stream=cfg.stream)
 
     @abc.abstractmethod
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:

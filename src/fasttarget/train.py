@@ -108,6 +108,8 @@ class TrainConfig:
         res: image side the loader delivers and the student is built for (``LoaderConfig.res``):
             variable-size data is cropped to it at decode time (default 224); fixed-size data
             keeps its own size.
+        stream: cut batches across epoch boundaries (:mod:`fasttarget.order`), so a subset
+            smaller than a batch trains with the full batch; without it such a subset is an error.
         lr, weight_decay: AdamW's.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         compile: ``torch.compile`` the student; ``None`` = on CUDA only.
@@ -134,6 +136,7 @@ class TrainConfig:
     loss: str = "separation"
     temperature: float = 2.0
     batch_size: int = 128
+    stream: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.01
     res: int | None = None
@@ -365,12 +368,13 @@ def training_subset(ipc: int | None, fraction: float | None, seed: int):
 
 
 def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None,
-                        res: int | None = None):
+                        res: int | None = None, stream: bool = False):
     """The loader config of a training split: shuffled, augmented, ``drop_last``, this rank's share.
 
     Args:
         subset: a :class:`~fasttarget.subsets.SubsetConfig` or ``None`` for the whole split.
         res: ``LoaderConfig.res`` (``None``: the dataset's default).
+        stream: batches cut across epoch boundaries (``LoaderConfig.stream``).
     """
     from fasttarget.loader import LoaderConfig
 
@@ -378,7 +382,7 @@ def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} is not divisible by the {world} processes: pick a multiple")
     return LoaderConfig(data_dir=data, split="train", batch_size=batch_size // world, shuffle=True, drop_last=True,
-                        seed=seed, augment=aug, device=device, subset=subset, res=res)
+                        seed=seed, augment=aug, device=device, subset=subset, res=res, stream=stream)
 
 
 def eval_loader_config(data: Path, device: torch.device, batch_size: int = 1000, res: int | None = None):
@@ -703,8 +707,8 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
         return run.final
     meta = run.meta
     subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
-    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset, cfg.res),
-                          targets=run.targets)
+    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset, cfg.res,
+                                              cfg.stream), targets=run.targets)
     test_loader = build_loader(eval_loader_config(cfg.data, device, res=cfg.res))
 
     student, forward = prepare_model(build_run_student(cfg, meta), device, cfg.compile)
