@@ -152,7 +152,7 @@ def test_slurm_without_sbatch_points_at_the_local_executor(user_error, tiny_conf
 
 
 @pytest.mark.parametrize("what, table, expect", [
-    ("unknown unit kind in [resources]", "[resources.fleet]\nnum_cpus = 1\n", "unknown unit kind(s) fleet"),
+    ("unknown unit kind in [resources]", "[resources.trainer]\nnum_cpus = 1\n", "unknown unit kind(s) trainer"),
     ("GPUs on a CPU sweep", "[resources.run]\nnum_gpus = 0.5\n", "num_gpus must be 0 when device"),
     ("non-numeric resources", '[resources.run]\nnum_cpus = "two"\n', "num_cpus and num_gpus are numbers"),
     ("zero CPUs", "[resources.run]\nnum_cpus = 0\n", "num_cpus must be > 0"),
