@@ -100,6 +100,9 @@ def train(
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch (split across torchrun processes)."),
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    res: Optional[int] = typer.Option(
+        None, "--res", help="Image side to train at: variable-size data is cropped to it as it is decoded "
+                            "(default 224); fixed-size data keeps its own size."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over: delete the run already in --out first."),
     device: Optional[str] = DeviceOption,
@@ -122,7 +125,7 @@ def train(
         data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, arch=arch, width=width, loss=loss, temperature=temperature,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, compile=compile,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, res=res, device=device, compile=compile,
         resume=resume, force=force, progress=progress,
     )
     if member:
