@@ -177,7 +177,7 @@ def run_batch_size(batch_size: int, spec: RunSpec, counts: list[int] | None) -> 
 
 # Most members of a CPU fleet unless --max-fleet says otherwise; see docs/design.md, "Sweeps as
 # fleets", for the measurement it rests on.
-CPU_MAX_FLEET = 4
+CPU_MAX_FLEET = 1
 # Most members of a CUDA fleet sized from free memory (the largest fleet benchmarked).
 CUDA_MAX_FLEET = 32
 # Part of the free device memory a fleet may plan to fill: the estimate leaves out the
@@ -247,7 +247,7 @@ def fleet_size(device: str, max_fleet: int | None, member_bytes: int | None = No
         >>> fleet_size("cuda", None, member_bytes=2 << 30, free_bytes=40 << 30)
         14
         >>> fleet_size("cuda", 8, member_bytes=2 << 30, free_bytes=40 << 30), fleet_size("cpu", None)
-        (8, 4)
+        (8, 1)
     """
     if max_fleet is not None and max_fleet < 1:
         raise ValueError(f"max_fleet must be ≥ 1, got {max_fleet}")
