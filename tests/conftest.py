@@ -12,9 +12,13 @@ try, with the messages they saw.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,5 +181,41 @@ def user_error(run_cli, record_bad_input):
         code, _, err = run_cli(*args)
         fragments = (expect,) if isinstance(expect, str) else expect
         return record_bad_input(what, list(args), code, err, *fragments)
+
+    return run
+
+
+@pytest.fixture
+def kill_and_resume(tmp_path: Path):
+    """``kill_and_resume(args, watch="", rows=3) -> (killed, straight)``: run ``fasttarget ARGS --out
+    killed``, SIGKILL it once ``killed/WATCH/metrics.jsonl`` holds ``rows`` evaluations, resume it with
+    ``--resume``, and run the same command uninterrupted into ``straight``, both to the end.
+
+    Both run with one intra-op thread: identical float reductions, and no OpenMP spinning on a
+    busy machine. Choose ``rows`` past the first checkpoint, so the resumed run must drop and redo
+    the evaluations written after it.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [str(Path(sys.executable).with_name("fasttarget"))]
+
+    def start(args: list, out: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*command, *map(str, args), "--out", out, *extra], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def run(args: list, watch: str = "", rows: int = 3) -> tuple[Path, Path]:
+        killed, straight = tmp_path / "killed", tmp_path / "straight"
+        proc = start(args, killed)
+        watched, deadline = killed / watch / "metrics.jsonl", time.monotonic() + 600
+        while not watched.is_file() or watched.read_text().count("\n") < rows:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (killed / watch / "final.json").exists()
+        for proc in (start(args, killed, "--resume"), start(args, straight)):
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+        return killed, straight
 
     return run

@@ -2,11 +2,6 @@
 a NaN member stopped alone, kill-and-resume equality, and the CLI's bad --member inputs."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +13,6 @@ from fasttarget.models import CheckpointInfo, ModelConfig, build_classifier, sav
 from fasttarget.dataset import DatasetMeta
 from fasttarget.train import TERMS, TrainConfig, build_optimizer, build_run_student, train
 
-FASTTARGET = Path(sys.executable).with_name("fasttarget")
 QUICK = ["--ipc", "20", "--batch-size", "32", "--width", "0.125", "--device", "cpu", "--no-progress"]
 COMMON = dict(aug="stdaug+mixup", steps=6, eval_every=3, ipc=20, batch_size=32, width=0.125, device="cpu",
               progress=False)
@@ -128,6 +122,30 @@ class _NanFrom:
         return targets if self.calls < self.first else torch.full_like(targets, float("nan"))
 
 
+def test_fused_b_teachers_score_as_the_solo_teachers(sample_dir, inputs, tmp_path, one_thread):
+    from fasttarget.fleet import FleetTargets, fuse_teachers
+    from fasttarget.loader import build_loader
+    from fasttarget.train import open_run, train_loader_config
+
+    teacher, cache = inputs
+    meta = DatasetMeta.load(sample_dir)
+    other = make_teacher(tmp_path / "t50.pt", meta, seed=2)
+    fleet = FleetConfig(TrainConfig(data=sample_dir, out=tmp_path / "fleet", **COMMON),
+                        parse_members([f"B={teacher}", "A", f"B={other}", f"C={cache}"]))
+    runs = [open_run(fleet.member_config(m), torch.device("cpu"), False, 0, meta) for m in fleet.members]
+    groups = fuse_teachers(runs, meta, torch.device("cpu"), compiled=False)
+    assert [g.members for g in groups] == [(0, 2)]
+    unfused = FleetTargets([run.targets for run in runs])
+    fused = FleetTargets([run.targets for run in runs], groups)
+    loader = build_loader(train_loader_config(sample_dir, 32, "stdaug+mixup", 0, torch.device("cpu")))
+    for _, batch in zip(range(3), loader):
+        expected, got = unfused(batch), fused(batch)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(got[0], got[2])  # two teachers, two sets of targets
+    # A lone B member keeps its own provider.
+    assert fuse_teachers(runs[:2], meta, torch.device("cpu"), compiled=False) == []
+
+
 def test_a_member_whose_loss_turns_nan_is_stopped_and_marked_failed_alone(sample_dir, inputs, tmp_path,
                                                                          monkeypatch, one_thread):
     import fasttarget.fleet as fleet
@@ -161,33 +179,13 @@ def test_a_member_whose_loss_turns_nan_is_stopped_and_marked_failed_alone(sample
                                    parse_members(specs))) == broken
 
 
-def test_killed_fleet_resumes_to_the_same_metrics(sample_dir, inputs, tmp_path):
+def test_killed_fleet_resumes_to_the_same_metrics(sample_dir, inputs, kill_and_resume):
     """SIGKILL a fleet past its first checkpoint, resume it, and compare with an uninterrupted fleet."""
     _, cache = inputs
     args = ["train", "--data", sample_dir, "--member", "A", "--member", f"C={cache}", "--aug", "stdaug+mixup",
             "--steps", "8", "--eval-every", "2", "--checkpoint-every", "4", "--seed", "3", *QUICK]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def start(out: Path, *extra) -> subprocess.Popen:
-        return subprocess.Popen([FASTTARGET, *map(str, args), "--out", out, *extra], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    killed = tmp_path / "killed"
-    proc = start(killed)
-    deadline = time.monotonic() + 600
     # Killed after the evaluation that follows the first checkpoint: that one is dropped and redone.
-    while not (killed / "C-t30" / "metrics.jsonl").is_file() or len(metrics(killed / "C-t30")) < 3:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "A" / "final.json").exists()
-
-    straight = tmp_path / "straight"
-    for proc in (start(killed, "--resume"), start(straight)):
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
+    killed, straight = kill_and_resume(args, watch="C-t30", rows=3)
     for name in ("A", "C-t30"):
         assert len(metrics(straight / name)) == 4
         assert metrics(killed / name) == metrics(straight / name)

@@ -26,6 +26,7 @@ from fasttarget.errors import UserError
 from fasttarget.results import ResultsIndex
 from fasttarget.sweep import (
     BackendConfig,
+    FleetRequest,
     RunRequest,
     Stages,
     SweepConfig,
@@ -102,7 +103,37 @@ def fake_data(req) -> None:
     (req.out_dir / "meta.json").write_text(json.dumps({"splits": {"train": {"class_counts": [5000] * 10}}}))
 
 
-FAKES = Stages(prepare_data=fake_data, train_ladder=fake_ladder, build_cache=fake_cache, train_student=fake_train)
+def fake_fleet(req: FleetRequest, kill_at: int | None = None) -> None:
+    """Trains the members in lockstep, as a fleet does: at each evaluation every member writes its
+    metrics row, then every checkpoint; SIGKILLed after the checkpoints of step ``kill_at``."""
+    (steps,), (every,) = {m.spec.steps for m in req.members}, {m.spec.eval_every for m in req.members}
+    starts = {int((m.run_dir / "checkpoints" / "last.pt").read_text()) if m.resume else 0 for m in req.members}
+    assert len(starts) == 1, f"a fleet's members must resume from one step, got {starts}"
+    req.fleet_dir.mkdir(parents=True, exist_ok=True)
+    (req.fleet_dir / "fleet.json").write_text(json.dumps({"members": [m.spec.run_id for m in req.members]}))
+    for m in req.members:
+        if m.spec.student_aug == "boom":
+            raise RuntimeError("synthetic failure")
+        (m.run_dir / "checkpoints").mkdir(parents=True, exist_ok=m.resume)
+        (m.run_dir / "config.json").write_text(json.dumps({"seed": m.spec.seed, "resume": m.resume}))
+    for step in range(starts.pop() + every, steps + 1, every):
+        for m in req.members:
+            acc = fake_acc(m, step)
+            with open(m.run_dir / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps({"step": step, "images_seen": step * 128, "test_acc_h": acc * 100,
+                                     "test_acc_g": acc * 100, "loss": 1.0}) + "\n")
+        for m in req.members:
+            (m.run_dir / "checkpoints" / "last.pt").write_text(str(step))
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    for m in req.members:
+        (m.run_dir / "final.json").write_text(json.dumps(
+            {"status": "done", "step": steps, "test_acc_h": fake_acc(m, steps) * 100, "test_acc_g": 0.0,
+             "wall_s": 1.0}))
+
+
+FAKES = Stages(prepare_data=fake_data, train_ladder=fake_ladder, build_cache=fake_cache, train_student=fake_train,
+               train_fleet=fake_fleet)
 INLINE = BackendConfig(workers=1)  # in this process: the Recorder's closures need no pickling
 
 
@@ -111,6 +142,7 @@ class Recorder:
 
     def __init__(self):
         self.runs: list[RunRequest] = []
+        self.fleets: list[FleetRequest] = []
         self.ladders = []
         self.caches = []
 
@@ -127,7 +159,12 @@ class Recorder:
             self.caches.append(req)
             fake_cache(req)
 
-        return Stages(prepare_data=fake_data, train_ladder=ladder, build_cache=cache, train_student=train)
+        def fleet(req):
+            self.fleets.append(req)
+            fake_fleet(req)
+
+        return Stages(prepare_data=fake_data, train_ladder=ladder, build_cache=cache, train_student=train,
+                      train_fleet=fleet)
 
 
 def _cfg(**overrides) -> SweepConfig:

@@ -73,6 +73,12 @@ def test_ray_agrees_with_local(local_ray, reference, tmp_path):
     assert local_ray.is_initialized()  # joined the caller's Ray, left it to the caller
 
 
+def test_ray_runs_fleet_units(local_ray, reference, tmp_path):
+    summary = run_sweep(SweepConfig.from_dict(SMALL), tmp_path, BackendConfig(kind="ray"), stages=FAKES, max_fleet=4)
+    assert summary.counts == {"done": 6} and len(list((tmp_path / "fleets").iterdir())) == 2
+    assert results(tmp_path) == reference
+
+
 def test_ray_worker_killed_mid_run_then_rerun(local_ray, reference, tmp_path):
     cfg = SweepConfig.from_dict(SMALL)
     victim = plan_sweep(cfg).runs[1].run_id
@@ -99,6 +105,10 @@ def test_slurm_through_submitits_local_executor_agrees_with_local(reference, tmp
     assert results(tmp_path) == {k: v for k, v in reference.items() if k in summary.trained}
     # submitit's files (pickled jobs, each job's log) stay under the sweep root.
     assert list((tmp_path / "slurm").glob("*/*_log.out"))
+    # The same two runs as one fleet job.
+    fleet = run_sweep(SweepConfig.from_dict(small), tmp_path / "fleet", backend, stages=FAKES, max_fleet=2)
+    assert fleet.counts == {"done": 2} and len(list((tmp_path / "fleet" / "fleets").iterdir())) == 1
+    assert results(tmp_path / "fleet") == results(tmp_path)
 
 
 # -- the command line ------------------------------------------------------------------
@@ -142,7 +152,7 @@ def test_slurm_without_sbatch_points_at_the_local_executor(user_error, tiny_conf
 
 
 @pytest.mark.parametrize("what, table, expect", [
-    ("unknown unit kind in [resources]", "[resources.fleet]\nnum_cpus = 1\n", "unknown unit kind(s) fleet"),
+    ("unknown unit kind in [resources]", "[resources.trainer]\nnum_cpus = 1\n", "unknown unit kind(s) trainer"),
     ("GPUs on a CPU sweep", "[resources.run]\nnum_gpus = 0.5\n", "num_gpus must be 0 when device"),
     ("non-numeric resources", '[resources.run]\nnum_cpus = "two"\n', "num_cpus and num_gpus are numbers"),
     ("zero CPUs", "[resources.run]\nnum_cpus = 0\n", "num_cpus must be > 0"),

@@ -2,11 +2,7 @@
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +13,6 @@ from fasttarget.errors import UserError
 from fasttarget.models import CheckpointInfo, ModelConfig, build_classifier, save_classifier
 from fasttarget.train import TrainConfig, default_cache_path, train
 
-FASTTARGET = Path(sys.executable).with_name("fasttarget")
 # Small and quick: 20 images per class, batch 32, the narrowest width that trains on CPU.
 QUICK = ["--ipc", "20", "--batch-size", "32", "--width", "0.125", "--device", "cpu", "--no-progress"]
 TIMING = ("img_per_s", "wall_s")
@@ -152,34 +147,12 @@ def test_strategies_write_the_run_directory_and_c_builds_its_cache_once(sample_d
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_metrics(sample_dir, tmp_path):
+def test_killed_run_resumes_to_the_same_metrics(sample_dir, kill_and_resume):
     """SIGKILL a run mid-way, resume it, and compare with an uninterrupted run of the same seed."""
     args = ["train", "--data", sample_dir, "--strategy", "A", "--aug", "stdaug+mixup", "--steps", "12",
             "--eval-every", "3", "--checkpoint-every", "6", "--seed", "3", *QUICK]
-    # One intra-op thread in both runs: identical float reductions, and no OpenMP spinning on a busy machine.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-    def start(out: Path, *extra) -> subprocess.Popen:
-        return subprocess.Popen([FASTTARGET, *map(str, args), "--out", out, *extra], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    killed = tmp_path / "killed"
-    proc = start(killed)
-    deadline = time.monotonic() + 600
-    # Kill once the evaluation after the first checkpoint is written: the run is then past a checkpoint
-    # with later work that the resumed run must drop and redo.
-    while not (killed / "metrics.jsonl").is_file() or len(metrics(killed)) < 3:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final.json").exists()
-
-    straight = tmp_path / "straight"
-    for proc in (start(killed, "--resume"), start(straight)):
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
+    # Killed once the evaluation after the first checkpoint is written: the resumed run must drop and redo it.
+    killed, straight = kill_and_resume(args, rows=3)
     assert len(metrics(straight)) == 4
     assert metrics(killed) == metrics(straight)
     final_killed, final_straight = (json.loads((run / "final.json").read_text()) for run in (killed, straight))

@@ -2,7 +2,8 @@
 
 ``fasttarget train --member A --member B=teachers/t30.pt --member C=caches/t30.h5 --out DIR``
 trains the members side by side: one loader pass, one gather and one augmentation per batch,
-the students fused into one network (:class:`fasttarget.fused.FusedStudent`), and for each
+the students fused into one network (:class:`fasttarget.fused.FusedStudent`), the B members'
+teachers too (:func:`fuse_teachers`), and for each
 member its own targets, loss terms, AdamW state, evaluation, checkpoints and metrics. Member
 ``name`` writes ``DIR/<name>/`` exactly as ``fasttarget train --strategy … --out DIR/<name>``
 would (``config.json`` is that solo run's, ``metrics.jsonl``, ``checkpoints/last.pt``,
@@ -25,7 +26,7 @@ so a kill leaves them at one step (see :func:`_save_checkpoints`).
 
 Example:
     >>> parse_members(["A", "t30=B=teachers/t30.pt"], check_files=False)[1]
-    Member(name='t30', strategy='B', teacher=PosixPath('teachers/t30.pt'), cache=None)
+    Member(name='t30', strategy='B', teacher=PosixPath('teachers/t30.pt'), cache=None, dir=None)
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ class Member:
         strategy: ``"A"``, ``"B"`` or ``"C"`` (see :class:`fasttarget.train.TrainConfig`).
         teacher: B's teacher, or the teacher C builds its cache from.
         cache: C's logits cache.
+        dir: its run directory when it is not ``<fleet --out>/<name>`` (a sweep keeps every
+            run under ``runs/<run_id>``, whether it trained alone or in a fleet).
     """
 
     name: str
     strategy: str
     teacher: Path | None = None
     cache: Path | None = None
+    dir: Path | None = None
 
 
 def parse_members(specs: Sequence[str], check_files: bool = True) -> tuple[Member, ...]:
@@ -174,19 +178,58 @@ class FleetConfig:
 
     def member_config(self, member: Member) -> TrainConfig:
         """The config of ``member``'s solo run: what its ``config.json`` holds."""
-        return dataclasses.replace(self.base, out=self.base.out / member.name, strategy=member.strategy,
+        out = member.dir if member.dir is not None else self.base.out / member.name
+        return dataclasses.replace(self.base, out=out, strategy=member.strategy,
                                    teacher=member.teacher, cache=member.cache)
 
 
-class FleetTargets:
-    """Every member's targets of one batch, ``[N, B, K]``: each member's provider on the shared view."""
+@dataclass(frozen=True)
+class FusedTeachers:
+    """The teachers of some Strategy B members as one network: ``teacher`` (a
+    :class:`~fasttarget.targets.TeacherModel` over a :class:`~fasttarget.fused.FusedClassifier`)
+    scores a view for all of them at once, ``[len(members), B, K]``."""
 
-    def __init__(self, providers: Sequence[Any]):
+    members: tuple[int, ...]
+    teacher: Any
+    temperature: float
+
+
+def fuse_teachers(runs: Sequence[Any], meta, device: torch.device, compiled: bool) -> list[FusedTeachers]:
+    """The B members' teachers fused, one network per architecture and normalization shared by two or more.
+
+    A member whose teacher shares neither with another keeps its own provider. Each fused
+    teacher scores exactly what its solo teachers would (``tests/test_fleet.py``).
+    """
+    from fasttarget.fused import FusedClassifier
+    from fasttarget.models import load_classifier
+    from fasttarget.targets import TeacherModel
+
+    groups: dict[tuple, list[tuple[int, Any]]] = {}
+    for i, run in enumerate(runs):
+        if run.cfg.strategy == "B" and run.final is None:
+            net, info = load_classifier(run.cfg.teacher, device)
+            groups.setdefault((info.model, info.mean, info.std), []).append((i, net))
+    return [FusedTeachers(tuple(i for i, _ in group),
+                          TeacherModel(FusedClassifier([net for _, net in group]), meta.mean, meta.std, mean, std,
+                                       compile=compiled),
+                          runs[group[0][0]].cfg.temperature)
+            for (_, mean, std), group in groups.items() if len(group) > 1]
+
+
+class FleetTargets:
+    """Every member's targets of one batch, ``[N, B, K]``: each member's provider on the shared view,
+    except members of ``teachers``, which their fused teacher scores in one forward pass."""
+
+    def __init__(self, providers: Sequence[Any], teachers: Sequence[FusedTeachers] = ()):
         self.providers = list(providers)
+        self.teachers = list(teachers)
         self.num_classes = self.providers[0].num_classes
 
     def __call__(self, batch) -> torch.Tensor:
-        return torch.stack([provider(batch) for provider in self.providers])
+        fused: dict[int, torch.Tensor] = {}
+        for group in self.teachers:
+            fused.update(zip(group.members, torch.softmax(group.teacher(batch.images) / group.temperature, dim=2)))
+        return torch.stack([fused[i] if i in fused else provider(batch) for i, provider in enumerate(self.providers)])
 
 
 @torch.no_grad()
@@ -220,7 +263,7 @@ def train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(claimed(cfg.base.out))
         for member in cfg.members:
-            stack.enter_context(claimed(cfg.base.out / member.name))
+            stack.enter_context(claimed(cfg.member_config(member).out))
         return _train_fleet(cfg)
 
 
@@ -268,7 +311,8 @@ def _train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
     subset = training_subset(base.ipc, base.fraction, base.subset_seed)
     loader = build_loader(train_loader_config(base.data, base.batch_size, base.aug, base.seed, device, subset, base.res,
                                               base.stream),
-                          targets=FleetTargets([run.targets for run in runs]))
+                          targets=FleetTargets([run.targets for run in runs],
+                                               fuse_teachers(runs, meta, device, compiled)))
     test_loader = build_loader(eval_loader_config(base.data, device, res=base.res))
 
     started = time.perf_counter() - wall_before

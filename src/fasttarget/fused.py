@@ -57,8 +57,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fasttarget.errors import UserError
-from fasttarget.losses import loss_terms
-from fasttarget.models import Classifier, Student
+from fasttarget.losses import build_student, loss_terms
+from fasttarget.models import Classifier, ModelConfig, Student
 
 
 def by_member(t: torch.Tensor, members: int) -> torch.Tensor:
@@ -330,6 +330,35 @@ class FusedClassifier(_Fused):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self._features(x))
+
+
+def member_bytes(model: ModelConfig, batch_size: int, loss: str = "separation") -> int:
+    """An estimate of the device memory one fleet member trains in, in bytes (float32).
+
+    Every leaf module's output kept for the backward pass at ``batch_size``, plus the
+    parameters four times (weights, gradients, AdamW's two moments); measured on the ``meta``
+    device, so it allocates nothing. A sweep sizes CUDA fleets from it and the free memory.
+
+    Example:
+        >>> from fasttarget.models import ModelConfig
+        >>> small, big = (member_bytes(ModelConfig(width=0.125), b) for b in (64, 128))
+        >>> 1.9 < big / small < 2.0
+        True
+    """
+    with torch.device("meta"):
+        net = build_student(model, loss)
+        saved = 0
+
+        def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            nonlocal saved
+            for t in output if isinstance(output, tuple) else (output,):
+                saved += t.numel() * t.element_size()
+
+        hooks = [m.register_forward_hook(keep) for m in net.modules() if not list(m.children())]
+        net(torch.empty(batch_size, 3, model.image_size, model.image_size))
+    for hook in hooks:
+        hook.remove()
+    return saved + 4 * sum(p.numel() * p.element_size() for p in net.parameters())
 
 
 class FleetStep:

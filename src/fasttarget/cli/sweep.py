@@ -35,6 +35,10 @@ def sweep(
         None, "--slurm-time", help="Time limit of each job: minutes, H:MM:SS or D-HH:MM:SS (default 4:00:00)."),
     slurm_cluster: Optional[str] = typer.Option(
         None, "--slurm-cluster", help="slurm (default), or local: submitit's local executor, jobs as processes here."),
+    max_fleet: Optional[int] = typer.Option(
+        None, "--max-fleet", help="Most runs trained together as one fleet (runs sharing data, subset, seed, "
+        "student aug, steps and batch; one loader pass, fused students). 1 trains each run alone. Default: "
+        "from free GPU memory on CUDA (at most 32); 1 on CPU, where fused students measured slower than solo runs."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what would run) and exit."),
 ) -> None:
     """Train every run of a grid (teachers and caches once, shared); resumable and idempotent."""
@@ -42,6 +46,8 @@ def sweep(
 
     if retries < 0:
         raise UserError(f"--retries must be ≥ 0, got {retries}")
+    if max_fleet is not None and max_fleet < 1:
+        raise UserError(f"--max-fleet must be ≥ 1 (1 trains each run alone), got {max_fleet}")
     slurm_given = {k: v for k, v in dict(partition=slurm_partition, account=slurm_account,
                                          gpus_per_task=slurm_gpus_per_task, time=slurm_time,
                                          cluster=slurm_cluster).items() if v is not None}
@@ -49,9 +55,9 @@ def sweep(
     backend_cfg = BackendConfig(kind=backend, workers=workers, ray_address=ray_address, slurm=slurm)
     cfg = SweepConfig.from_toml(config)
     if dry_run:
-        typer.echo(describe_plan(cfg, out, workers=workers))
+        typer.echo(describe_plan(cfg, out, max_fleet, workers=workers))
         return
-    summary = _run_with_bar(cfg, out, backend_cfg, retries)
+    summary = _run_with_bar(cfg, out, backend_cfg, retries, max_fleet)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     typer.echo(f"sweep {cfg.name}: {counts}; index {out / 'results.sqlite'}, table {out / 'results.csv'}")
     for run_id, error in summary.failed.items():
@@ -60,7 +66,7 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _run_with_bar(cfg: SweepConfig, out: Path, backend: BackendConfig, retries: int):
+def _run_with_bar(cfg: SweepConfig, out: Path, backend: BackendConfig, retries: int, max_fleet: int | None):
     """Run the sweep with one line per unit on stdout and an overall bar (units, ETA) on stderr."""
     from tqdm import tqdm
 
@@ -75,7 +81,8 @@ def _run_with_bar(cfg: SweepConfig, out: Path, backend: BackendConfig, retries: 
         bar.refresh()
 
     try:
-        return run_sweep(cfg, out, backend=backend, retries=retries, log=log, progress=progress)
+        return run_sweep(cfg, out, backend=backend, retries=retries, log=log, progress=progress,
+                         max_fleet=max_fleet)
     finally:
         bar.close()
 

@@ -18,6 +18,13 @@ B run when its ladder is done, a C run when its cache is; independent ladders in
 The driver (:func:`run_sweep`) alone writes the index ``OUT/results.sqlite`` (and
 ``OUT/results.csv``), with paths relative to ``OUT``.
 
+**Fleets.** With ``max_fleet`` > 1 (``fasttarget sweep --max-fleet N``; by default fleets sized
+by the device) runs that share student augmentation, subset, seed, step budget, evaluation
+interval and batch size — dataset, architecture and width are the sweep's — train together
+as one fleet unit (:mod:`fasttarget.fleet`: one loader pass, the students fused). Each member
+still writes ``runs/<run_id>/`` as a solo run would and has its own row in the index; a fleet
+killed half-way resumes its members from their checkpoints, finished runs are never retrained.
+
 It is idempotent: finished units are skipped (a run's ``final.json`` says ``done``), a run
 killed half-way resumes from its last checkpoint, a failing unit is retried ``retries``
 times and then recorded with its error (its dependents with it) while the others go on;
@@ -66,11 +73,21 @@ from fasttarget.sweep.config import (
     TeacherSettings,
 )
 from fasttarget.sweep.executors import BACKENDS, BackendConfig, Executor, SlurmSettings, default_workers
-from fasttarget.sweep.plan import RunSpec, SweepLayout, SweepPlan, expand_grid, plan_sweep, run_batch_size
+from fasttarget.sweep.plan import (
+    RunSpec,
+    SweepLayout,
+    SweepPlan,
+    expand_grid,
+    fleet_size,
+    group_fleets,
+    plan_sweep,
+    run_batch_size,
+)
 from fasttarget.sweep.run import SweepSummary, describe_plan, run_sweep
 from fasttarget.sweep.stages import (
     CacheRequest,
     DataRequest,
+    FleetRequest,
     LadderRequest,
     RunRequest,
     Stages,
@@ -80,8 +97,8 @@ from fasttarget.sweep.stages import (
 
 __all__ = [
     "BACKENDS", "DEVICES", "STRATEGIES", "UNIT_KINDS", "BackendConfig", "CacheRequest", "DataRequest",
-    "Executor", "GridConfig", "LadderRequest", "Resources", "RunRequest", "RunSpec", "SlurmSettings",
+    "Executor", "FleetRequest", "GridConfig", "LadderRequest", "Resources", "RunRequest", "RunSpec", "SlurmSettings",
     "Stages", "SweepConfig", "SweepLayout", "SweepPlan", "SweepSummary", "TeacherCheckpoint",
-    "TeacherSettings", "default_workers", "describe_plan", "expand_grid", "plan_sweep",
+    "TeacherSettings", "default_workers", "describe_plan", "expand_grid", "fleet_size", "group_fleets", "plan_sweep",
     "run_batch_size", "run_sweep", "train_config",
 ]

@@ -22,7 +22,7 @@ from fasttarget.errors import UserError
 STRATEGIES = ("A", "B", "C")
 DEVICES = ("cpu", "cuda")
 # The kinds of unit a sweep is made of, in the order they are preferred when several are ready.
-UNIT_KINDS = ("data", "ladder", "cache", "run")
+UNIT_KINDS = ("data", "ladder", "cache", "run", "fleet")
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,10 @@ class SweepConfig:
                             f"`fasttarget convert` into it, or give the raw data as [data] source")
 
     def unit_resources(self, kind: str) -> Resources:
-        """The declared resources of a unit kind (``[resources.<kind>]``, else the default)."""
+        """The declared resources of a unit kind (``[resources.<kind>]``, else the default); a
+        fleet without its own takes a run's (it is one process on one loader, like a run)."""
+        if kind == "fleet" and kind not in self.resources:
+            kind = "run"
         return self.resources.get(kind) or default_resources(kind, self.device)
 
     @classmethod

@@ -417,6 +417,16 @@ def local_gpu_count(device: str) -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def local_free_memory() -> int | None:
+    """Free bytes of the visible GPU with the least free memory, ``None`` without a GPU
+    (e.g. a SLURM login node: fleets then take ``--max-fleet`` or its default as given)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+
+
 def default_workers(device: str, resources: Resources) -> int:
     """Local worker processes: one per visible GPU on CUDA, else as many as the cores hold."""
     gpus = local_gpu_count(device)

@@ -13,6 +13,14 @@ Example:
     ['run:x']
     >>> g.fail("ladder:b")
     ['run:y']
+
+A *partial* unit (a fleet, whose members need different teachers) does not fail with a
+dependency: it is ready once every dependency has settled, and trains what it still can.
+
+    >>> g = UnitGraph({"cache:a": (), "cache:b": (), "fleet:ab": ("cache:a", "cache:b")}, partial={"fleet:ab"})
+    >>> g.start("cache:a"); g.finish("cache:a"); g.start("cache:b")
+    >>> g.fail("cache:b"), g.ready()
+    ([], ['fleet:ab'])
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ class UnitGraph:
     Args:
         deps: each unit's key mapped to the keys it needs; iteration order is the order in
             which :meth:`ready` hands out units that are ready together.
+        partial: units that run with whatever dependencies finished (not failed by one).
     """
 
-    def __init__(self, deps: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, deps: dict[str, tuple[str, ...]], partial: set[str] | frozenset[str] = frozenset()) -> None:
+        self._partial = frozenset(partial)
         self._deps = {k: tuple(d for d in v if d in deps) for k, v in deps.items()}
         self._state = dict.fromkeys(deps, PENDING)
         self._dependents: dict[str, list[str]] = {k: [] for k in deps}
@@ -45,7 +55,8 @@ class UnitGraph:
     def ready(self) -> list[str]:
         """Pending units whose dependencies have all finished, in priority order."""
         return [k for k, s in self._state.items()
-                if s == PENDING and all(self._state[d] == DONE for d in self._deps[k])]
+                if s == PENDING and all(self._state[d] in ((DONE, FAILED) if k in self._partial else (DONE,))
+                                        for d in self._deps[k])]
 
     def start(self, key: str) -> None:
         self._state[key] = RUNNING
@@ -64,7 +75,7 @@ class UnitGraph:
         blocked, stack = [], list(self._dependents[key])
         while stack:
             k = stack.pop(0)
-            if self._state[k] == PENDING:
+            if self._state[k] == PENDING and k not in self._partial:
                 self._state[k] = FAILED
                 blocked.append(k)
                 stack.extend(self._dependents[k])

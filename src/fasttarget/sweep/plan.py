@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,10 @@ class SweepLayout:
     def run_dir(self, spec: RunSpec) -> Path:
         return self.runs / spec.run_id
 
+    def fleet_dir(self, fleet_id: str) -> Path:
+        # Only the fleet's fleet.json and lock: its members write runs/<run_id>, as solo runs do.
+        return self.out / "fleets" / fleet_id
+
     def ladder_dir(self, aug: str) -> Path:
         return self.out / "teachers" / aug
 
@@ -176,3 +182,89 @@ def run_batch_size(batch_size: int, spec: RunSpec, counts: list[int] | None, str
     if stream:
         return batch_size, size < STREAM_BELOW_BATCHES * batch_size
     return max(1, min(batch_size, size)), False
+
+
+# -- fleets ------------------------------------------------------------------------------
+
+# Most members of a CPU fleet unless --max-fleet says otherwise; see docs/design.md, "Sweeps as
+# fleets", for the measurement it rests on.
+CPU_MAX_FLEET = 1
+# Most members of a CUDA fleet sized from free memory (the largest fleet benchmarked).
+CUDA_MAX_FLEET = 32
+# Part of the free device memory a fleet may plan to fill: the estimate leaves out the
+# allocator's fragmentation, compile workspaces and cuDNN's scratch.
+MEMORY_SHARE = 0.7
+
+
+def fleet_key(spec: RunSpec, batch_size: int) -> tuple:
+    """What the members of one fleet share: everything but strategy and teacher.
+
+    Dataset, architecture and width are the sweep's own; within a sweep, runs with equal
+    student augmentation, subset, seed, step budget, evaluation interval and batch size see
+    the same batches (see "Paired runs" in :mod:`fasttarget.sweep`), so they can share one
+    loader pass.
+    """
+    return (spec.student_aug, spec.ipc, spec.fraction, spec.seed, spec.steps, spec.eval_every, batch_size)
+
+
+def group_fleets(runs: Sequence[RunSpec], max_fleet: int, batch_size: Callable[[RunSpec], int],
+                 resumed_at: Callable[[RunSpec], int]) -> list[tuple[RunSpec, ...]]:
+    """The runs as fleets of at most ``max_fleet`` members, in plan order (a fleet of one is a solo run).
+
+    Runs group by :func:`fleet_key` and by the step their checkpoint holds (``resumed_at``, 0
+    without one): a fleet killed half-way regroups with exactly its unfinished members, all at
+    one step, and resumes from their checkpoints, while runs not yet started form fleets of
+    their own. A group larger than ``max_fleet`` splits into fleets of equal size (7 by 4:
+    5 by 4: 3 + 2, never 4 + 1).
+
+    Example:
+        >>> runs = [RunSpec(s, "stdaug", 100, 50, seed, 0.3 if s != "A" else None,
+        ...                 "noaug" if s != "A" else None) for seed in (0, 1) for s in "ABC"]
+        >>> [[r.strategy + str(r.seed) for r in f] for f in group_fleets(runs, 2, lambda r: 128, lambda r: 0)]
+        [['A0', 'B0'], ['C0'], ['A1', 'B1'], ['C1']]
+    """
+    if max_fleet < 1:
+        raise ValueError(f"max_fleet must be ≥ 1, got {max_fleet}")
+    groups: dict[tuple, list[RunSpec]] = {}
+    for spec in runs:
+        groups.setdefault((fleet_key(spec, batch_size(spec)), resumed_at(spec)), []).append(spec)
+    fleets = []
+    for members in groups.values():
+        count = -(-len(members) // max_fleet)
+        size = -(-len(members) // count)
+        fleets += [tuple(members[i:i + size]) for i in range(0, len(members), size)]
+    return fleets
+
+
+def fleet_id(specs: Sequence[RunSpec]) -> str:
+    """A short stable name for a fleet of runs (its directory under ``fleets/``).
+
+    Example:
+        >>> len(fleet_id([RunSpec("A", "stdaug", 10, 5, 0)]))
+        12
+    """
+    return hashlib.sha1("\n".join(s.run_id for s in specs).encode()).hexdigest()[:12]
+
+
+def fleet_size(device: str, max_fleet: int | None, member_bytes: int | None = None,
+               free_bytes: int | None = None) -> int:
+    """How many members a fleet may have.
+
+    On CPU ``max_fleet`` (default :data:`CPU_MAX_FLEET`). On CUDA as many members as
+    :data:`MEMORY_SHARE` of the free memory holds at ``member_bytes`` each (at most
+    ``max_fleet``, default :data:`CUDA_MAX_FLEET`), at least one.
+
+    Example:
+        >>> fleet_size("cuda", None, member_bytes=2 << 30, free_bytes=40 << 30)
+        14
+        >>> fleet_size("cuda", 8, member_bytes=2 << 30, free_bytes=40 << 30), fleet_size("cpu", None)
+        (8, 1)
+    """
+    if max_fleet is not None and max_fleet < 1:
+        raise ValueError(f"max_fleet must be ≥ 1, got {max_fleet}")
+    if device != "cuda":
+        return max_fleet or CPU_MAX_FLEET
+    limit = max_fleet or CUDA_MAX_FLEET
+    if member_bytes is None or free_bytes is None:
+        return limit
+    return max(1, min(limit, int(free_bytes * MEMORY_SHARE // member_bytes)))

@@ -14,11 +14,11 @@ from typing import Callable
 
 from fasttarget.results import CSV_FILE, INDEX_FILE, ResultsIndex, read_run_dir
 from fasttarget.sweep.config import SweepConfig
-from fasttarget.sweep.executors import BackendConfig, Executor, Task, build_executor
+from fasttarget.sweep.executors import BackendConfig, Executor, Task, build_executor, local_free_memory
 from fasttarget.sweep.graph import UnitGraph
-from fasttarget.sweep.plan import SweepLayout, expand_grid, plan_sweep
+from fasttarget.sweep.plan import SweepLayout, expand_grid, fleet_size, plan_sweep
 from fasttarget.sweep.stages import Stages
-from fasttarget.sweep.units import Blocked, RunUnit, SweepContext, Unit, build_units, first_line, sync_run
+from fasttarget.sweep.units import Blocked, SweepContext, Unit, build_units, first_line, sync_run
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _needed(units: list[Unit], ctx: SweepContext) -> list[Unit]:
     """The units still to run: unfinished runs and the unfinished units they depend on, in order."""
     by_key = {u.key: u for u in units}
     keep: set[str] = set()
-    stack = [u.key for u in units if isinstance(u, RunUnit) and not u.done(ctx)]
+    stack = [u.key for u in units if u.runs and not u.done(ctx)]
     while stack:
         key = stack.pop()
         if key in keep:
@@ -42,6 +42,30 @@ def _needed(units: list[Unit], ctx: SweepContext) -> list[Unit]:
         keep.add(key)
         stack.extend(d for d in by_key[key].deps(ctx) if d in by_key and not by_key[d].done(ctx))
     return [u for u in units if u.key in keep]
+
+
+def sweep_fleet_size(ctx: SweepContext, max_fleet: int | None) -> int:
+    """The most members of a fleet in this sweep (see :func:`~fasttarget.sweep.plan.fleet_size`).
+
+    On CUDA the estimate of one member's memory needs the dataset's image size and classes; before
+    the dataset is converted it assumes 224 px and 1000 classes (smaller fleets, never too large).
+    """
+    cfg = ctx.cfg
+    if cfg.device != "cuda" or max_fleet == 1:
+        return fleet_size(cfg.device, max_fleet)
+    from fasttarget.fused import member_bytes
+    from fasttarget.models import ModelConfig
+
+    meta = ctx.data_dir / "meta.json"
+    shape, classes = (224, 1000)
+    if meta.is_file():
+        from fasttarget.dataset import DatasetMeta
+
+        loaded = DatasetMeta.load(ctx.data_dir)
+        shape, classes = (loaded.image_shape[0] if loaded.image_shape else 224), loaded.num_classes
+    need = member_bytes(ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=classes, image_size=shape),
+                        cfg.batch_size)
+    return fleet_size("cuda", max_fleet, need, local_free_memory())
 
 
 def _clock(seconds: float) -> str:
@@ -57,6 +81,7 @@ def run_sweep(
     stages: Stages = Stages(),
     log: Callable[[str], None] = lambda _msg: None,
     progress: Callable[[int, int], None] = lambda _done, _total: None,
+    max_fleet: int | None = 1,
 ) -> SweepSummary:
     """Execute (or resume) a sweep into ``out``; see :mod:`fasttarget.sweep`.
 
@@ -69,6 +94,9 @@ def run_sweep(
         stages: the functions that convert data, train ladders, cache and train runs.
         log: receives one line per event: a unit finished, failed or is retried.
         progress: called with ``(units settled, units to settle)`` after each.
+        max_fleet: most student runs trained together as one fleet (:mod:`fasttarget.fleet`):
+            1 trains every run alone; ``None`` sizes fleets by the device
+            (:func:`sweep_fleet_size`). Either way each run has its own directory and row.
 
     Returns:
         A :class:`SweepSummary`; failures are in it and in the index, never raised.
@@ -83,12 +111,16 @@ def run_sweep(
     try:
         ctx.index.set_meta("config", cfg.to_json())
         ctx.index.set_meta("budgets", list(plan.budgets))
-        units = build_units(ctx)
-        runs = [u for u in units if isinstance(u, RunUnit)]
+        size = sweep_fleet_size(ctx, max_fleet)
+        units = build_units(ctx, size)
+        runs = [r for u in units for r in u.runs]
         done_runs = sum(sync_run(ctx, u) == "done" for u in runs)
         todo = _needed(units, ctx)
         where = backend.kind if isinstance(backend, BackendConfig) else type(backend).__name__
-        log(f"sweep {cfg.name}: {len(runs)} runs, {done_runs} already done; {len(todo)} units to run on {where}")
+        fleets = [len(u.runs) for u in todo if len(u.runs) > 1]
+        grouped = f" ({len(fleets)} fleets of {'/'.join(map(str, fleets))} runs, at most {size})" if fleets else ""
+        log(f"sweep {cfg.name}: {len(runs)} runs, {done_runs} already done; {len(todo)} units to run on "
+            f"{where}{grouped}")
         if todo:
             trained = _drive(ctx, todo, backend, retries, log, progress)
         elif isinstance(backend, Executor):
@@ -112,7 +144,7 @@ def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig | Executo
            log: Callable[[str], None], progress: Callable[[int, int], None]) -> list[str]:
     """Run ``todo`` to the end; return the ids of the runs that finished."""
     by_key = {u.key: u for u in todo}
-    graph = UnitGraph({u.key: u.deps(ctx) for u in todo})
+    graph = UnitGraph({u.key: u.deps(ctx) for u in todo}, partial={u.key for u in todo if u.partial})
     attempts = dict.fromkeys(by_key, 0)
     started: dict[str, float] = {}
     t0, settled, trained = time.monotonic(), 0, []
@@ -126,8 +158,8 @@ def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig | Executo
         eta = elapsed / settled * (len(todo) - settled)
         log(f"[{settled}/{len(todo)}] {status:6s} {unit.label}{detail}  ({_clock(elapsed)}, ETA {_clock(eta)})")
         progress(settled, len(todo))
-        if status == "done" and isinstance(unit, RunUnit):
-            trained.append(unit.spec.run_id)
+        if status == "done":
+            trained.extend(r.spec.run_id for r in unit.runs if r.done(ctx))
 
     def fail(unit: Unit, error: str) -> None:
         settle(unit, "failed", error)
@@ -181,9 +213,11 @@ def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig | Executo
 # -- dry run ---------------------------------------------------------------------------
 
 
-def describe_plan(cfg: SweepConfig, out: Path, estimate: bool = True, workers: int | None = None) -> str:
-    """The plan in words for ``--dry-run``: what exists, what would be trained and, with
-    ``estimate``, how long it would take here (:mod:`fasttarget.sweep.estimate`). Writes nothing.
+def describe_plan(cfg: SweepConfig, out: Path, max_fleet: int | None = 1, estimate: bool = True,
+                  workers: int | None = None) -> str:
+    """The plan in words for ``--dry-run``: what exists, what would be trained (and in which
+    fleets, see :func:`run_sweep`'s ``max_fleet``) and, with ``estimate``, how long it would take
+    here (:mod:`fasttarget.sweep.estimate`). Writes nothing.
 
     Raises:
         UserError: a path the sweep reads does not exist.
@@ -199,16 +233,15 @@ def describe_plan(cfg: SweepConfig, out: Path, estimate: bool = True, workers: i
         lines.append(f"data: {cfg.data_dir} (converted)")
     else:
         lines.append(f"data: convert {cfg.dataset} from {cfg.data_source} into {layout.data}")
-    units = build_units(ctx)
+    units = build_units(ctx, sweep_fleet_size(ctx, max_fleet))
     for unit in units:
-        if not isinstance(unit, RunUnit) and unit.kind != "data":
+        if not unit.runs and unit.kind != "data":
             lines.append(f"{unit.label}: {'done' if unit.done(ctx) else 'to run'}")
+    fleet_of = {r.spec.run_id: unit.fleet_id for unit in units if len(unit.runs) > 1 for r in unit.runs}
     states: dict[str, int] = {}
     steps_left = 0
     run_lines = []
-    for unit in units:
-        if not isinstance(unit, RunUnit):
-            continue
+    for unit in (r for u in units for r in u.runs):
         spec, run_dir = unit.spec, layout.run_dir(unit.spec)
         final, metrics = read_run_dir(run_dir)
         if unit.done(ctx):
@@ -220,9 +253,11 @@ def describe_plan(cfg: SweepConfig, out: Path, estimate: bool = True, workers: i
             state = "new"
             steps_left += spec.steps
         states[state] = states.get(state, 0) + 1
-        run_lines.append(f"  {state:6s} {spec.run_id}")
+        fleet = f"  (fleet {fleet_of[spec.run_id]})" if spec.run_id in fleet_of else ""
+        run_lines.append(f"  {state:6s} {spec.run_id}{fleet}")
     summary = ", ".join(f"{v} {k}" for k, v in states.items())
-    lines.append(f"runs: {len(ctx.plan.runs)} ({summary}); {steps_left} student steps to train")
+    lines.append(f"runs: {len(ctx.plan.runs)} ({summary}); {steps_left} student steps to train"
+                 + (f", {len(set(fleet_of.values()))} fleets" if fleet_of else ""))
     for grid in cfg.grids:
         n = len(expand_grid(grid, cfg.budgets_from_one_run))
         lines.append(f"  grid {grid.name}: {n} runs; budgets {', '.join(map(str, grid.steps))}")

@@ -10,6 +10,7 @@ the driver dies.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import asdict, dataclass
@@ -82,6 +83,26 @@ class RunRequest:
     stream: bool = False
 
 
+@dataclass(frozen=True)
+class FleetRequest:
+    """Student runs to train as one fleet: their own requests (sharing everything but strategy,
+    teacher and cache) and the fleet's directory (``fleet.json`` and its lock)."""
+
+    members: tuple[RunRequest, ...]
+    fleet_dir: Path
+
+
+def fleet_config(req: FleetRequest):
+    """The :class:`fasttarget.fleet.FleetConfig` of a fleet: member ``run_id`` writes its own
+    ``run_dir``, whose ``config.json`` is exactly the one its solo run would write."""
+    from fasttarget.fleet import FleetConfig, Member
+
+    base = dataclasses.replace(train_config(req.members[0]), out=req.fleet_dir, strategy="A", teacher=None,
+                               cache=None, resume=any(m.resume for m in req.members))
+    members = tuple(Member(m.spec.run_id, m.spec.strategy, m.teacher, m.cache, dir=m.run_dir) for m in req.members)
+    return FleetConfig(base=base, members=members)
+
+
 def train_config(req: RunRequest):
     """The :class:`fasttarget.train.TrainConfig` of a student run.
 
@@ -141,9 +162,15 @@ def _real_train_student(req: RunRequest) -> None:
     train(train_config(req))
 
 
+def _real_train_fleet(req: FleetRequest) -> None:
+    from fasttarget.fleet import train_fleet
+
+    train_fleet(fleet_config(req))
+
+
 @dataclass(frozen=True)
 class Stages:
-    """The four kinds of work a sweep does; tests swap in fakes, the defaults do the real work.
+    """The kinds of work a sweep does; tests swap in fakes, the defaults do the real work.
 
     Each must be a module-level function for process, Ray and SLURM workers (they are pickled).
 
@@ -152,12 +179,14 @@ class Stages:
         train_ladder: ``LadderRequest -> {accuracy: TeacherCheckpoint}`` (missing = not reached).
         build_cache: ``CacheRequest -> None``, writes ``out_file`` atomically.
         train_student: ``RunRequest -> None``, writes the run directory.
+        train_fleet: ``FleetRequest -> None``, writes every member's run directory.
     """
 
     prepare_data: Callable[[DataRequest], None] = _real_prepare_data
     train_ladder: Callable[[LadderRequest], dict[float, TeacherCheckpoint]] = _real_train_ladder
     build_cache: Callable[[CacheRequest], None] = _real_build_cache
     train_student: Callable[[RunRequest], None] = _real_train_student
+    train_fleet: Callable[[FleetRequest], None] = _real_train_fleet
 
 
 def ladder_job(train_ladder: Callable[[LadderRequest], dict[float, TeacherCheckpoint]]) -> Callable[[LadderRequest], None]:

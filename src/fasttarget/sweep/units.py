@@ -3,8 +3,10 @@
 A :class:`Unit` knows its key, the units it depends on, the resources it declares, whether
 its work is already on disk, how to build its request for the next attempt, which job a
 worker runs, and what to record when it ends. The driver (:mod:`fasttarget.sweep.run`)
-treats every kind alike, so a new kind (a fleet of students) is one more subclass here and
-one more line in :func:`build_units`.
+treats every kind alike. Student runs are :class:`RunUnit` s, or, grouped by
+:func:`~fasttarget.sweep.plan.group_fleets`, :class:`FleetUnit` s that train several of them in
+one process on one loader pass (:mod:`fasttarget.fleet`); either way each run writes
+``runs/<run_id>/`` and has its own row in the index.
 """
 
 from __future__ import annotations
@@ -17,10 +19,20 @@ from typing import Any, Callable, ClassVar
 
 from fasttarget.results import ResultsIndex, RunRow, UnitRow, eval_rows, final_accuracies, finished, read_run_dir
 from fasttarget.sweep.config import Resources, SweepConfig
-from fasttarget.sweep.plan import RunSpec, SweepLayout, SweepPlan, class_counts, pct, run_batch_size
+from fasttarget.sweep.plan import (
+    RunSpec,
+    SweepLayout,
+    SweepPlan,
+    class_counts,
+    fleet_id,
+    group_fleets,
+    pct,
+    run_batch_size,
+)
 from fasttarget.sweep.stages import (
     CacheRequest,
     DataRequest,
+    FleetRequest,
     LadderRequest,
     RunRequest,
     Stages,
@@ -73,6 +85,9 @@ class Unit(ABC):
     """One unit of work of a sweep."""
 
     kind: ClassVar[str]
+    # Runs with whatever of its dependencies finished (see UnitGraph): a fleet, whose members
+    # need different teachers and caches.
+    partial: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -86,6 +101,11 @@ class Unit(ABC):
 
     def deps(self, ctx: SweepContext) -> tuple[str, ...]:
         """Keys of the units that must finish first."""
+        return ()
+
+    @property
+    def runs(self) -> tuple[RunUnit, ...]:
+        """The student runs it trains (none for data, ladders and caches)."""
         return ()
 
     def resources(self, ctx: SweepContext) -> Resources:
@@ -230,6 +250,39 @@ class RunUnit(Unit):
     def label(self) -> str:
         return self.spec.run_id
 
+    @property
+    def runs(self) -> tuple[RunUnit, ...]:
+        return (self,)
+
+    def blocked(self, ctx: SweepContext) -> str | None:
+        """Why it cannot run (its settled ladder missed its teacher), else ``None``."""
+        if self.spec.teacher_key is None or ctx.rungs(self.spec.teacher_aug) is None:
+            return None
+        try:
+            ctx.rung(*self.spec.teacher_key)
+        except Blocked as blocked:
+            return str(blocked)
+        return None
+
+    def unavailable(self, ctx: SweepContext) -> str | None:
+        """Once its dependencies have settled: why it cannot train now (no teacher, no cache), or ``None``."""
+        blocked = self.blocked(ctx)
+        if blocked is None and self.spec.strategy == "C" and not ctx.layout.cache_file(*self.spec.teacher_key).is_file():
+            blocked = f"the cache of teacher {self.spec.teacher_aug} {pct(self.spec.teacher_acc)}% was not built"
+        return blocked
+
+    def resumed_at(self, ctx: SweepContext) -> int:
+        """The step of its checkpoint (0 without one): what a fleet's members must agree on."""
+        path = ctx.layout.run_dir(self.spec) / "checkpoints" / "last.pt"
+        if not path.is_file():
+            return 0
+        import torch
+
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+        except Exception:  # unreadable: grouped apart from the rest; its own resume then says why
+            return -1
+
     def deps(self, ctx: SweepContext) -> tuple[str, ...]:
         deps = [DataUnit.key] if ctx.cfg.data_dir is None else []
         if self.spec.teacher_key is not None:
@@ -280,6 +333,74 @@ class RunUnit(Unit):
         return f"  acc {acc:.2%}" if status == "done" and acc is not None else (f"  {first_line(error)}" if error else "")
 
 
+@dataclass(frozen=True)
+class FleetUnit(Unit):
+    """Student runs trained together as one fleet (:func:`fasttarget.fleet.train_fleet`).
+
+    Each member writes ``runs/<run_id>/`` as it would alone and has its own index row; the
+    fleet's directory ``fleets/<id>/`` holds only its ``fleet.json`` and lock. It runs once
+    every member's teacher and cache exist; a member whose teacher the ladder missed is
+    recorded failed and the others train without it.
+    """
+
+    members: tuple[RunUnit, ...]
+    kind: ClassVar[str] = "fleet"
+    partial: ClassVar[bool] = True
+
+    @property
+    def fleet_id(self) -> str:
+        return fleet_id([m.spec for m in self.members])
+
+    @property
+    def key(self) -> str:
+        return f"fleet:{self.fleet_id}"
+
+    @property
+    def label(self) -> str:
+        return f"fleet {self.fleet_id} of {len(self.members)} ({', '.join(m.label for m in self.members)})"
+
+    @property
+    def runs(self) -> tuple[RunUnit, ...]:
+        return self.members
+
+    def deps(self, ctx: SweepContext) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d for m in self.members for d in m.deps(ctx)))
+
+    def resources(self, ctx: SweepContext) -> Resources:
+        return ctx.cfg.unit_resources("fleet")
+
+    def done(self, ctx: SweepContext) -> bool:
+        return all(m.done(ctx) or m.blocked(ctx) is not None for m in self.members)
+
+    def request(self, ctx: SweepContext) -> FleetRequest:
+        """The members that can train (called once every dependency has settled)."""
+        left = [m for m in self.members if not m.done(ctx)]
+        requests = [m.request(ctx) for m in left if m.unavailable(ctx) is None]
+        if not requests:
+            raise Blocked(left[0].unavailable(ctx))
+        return FleetRequest(members=tuple(requests), fleet_dir=ctx.layout.fleet_dir(self.fleet_id))
+
+    def job(self, stages: Stages) -> Callable[[FleetRequest], None]:
+        return stages.train_fleet
+
+    def record(self, ctx: SweepContext, status: str, attempts: int, error: str | None = None,
+               wall_s: float | None = None) -> str:
+        super().record(ctx, status, attempts, error, wall_s)
+        if error is not None and "\n" in error:  # a traceback: keep it next to the fleet
+            fleet_dir = ctx.layout.fleet_dir(self.fleet_id)
+            fleet_dir.mkdir(parents=True, exist_ok=True)
+            (fleet_dir / "error.txt").write_text(error)
+        accs = []
+        for m in self.members:
+            blocked = None if m.done(ctx) else m.unavailable(ctx)
+            reason = blocked or (first_line(error) if error else None)
+            if sync_run(ctx, m, error=reason, running=status == "running" and blocked is None) == "done":
+                accs.append(ctx.index.runs(run_id=m.spec.run_id)[0].final_acc)
+        if status == "done" and accs:
+            return "  acc " + " ".join(f"{a:.2%}" if a is not None else "-" for a in accs)
+        return f"  {first_line(error)}" if error else ""
+
+
 def sync_run(ctx: SweepContext, unit: RunUnit, error: str | None = None, running: bool = False) -> str:
     """Update the index row of a run from its run directory; return its status.
 
@@ -307,11 +428,29 @@ def sync_run(ctx: SweepContext, unit: RunUnit, error: str | None = None, running
     return row.status
 
 
-def build_units(ctx: SweepContext) -> list[Unit]:
+def build_units(ctx: SweepContext, max_fleet: int = 1) -> list[Unit]:
     """Every unit of the plan, in the order the driver prefers them when several are ready:
-    conversion, ladders, caches (they unblock others), then runs in grid order."""
+    conversion, ladders, caches (they unblock others), then runs in grid order.
+
+    With ``max_fleet`` > 1 the runs still to train are grouped into fleets
+    (:func:`~fasttarget.sweep.plan.group_fleets`); finished runs stay single units (never
+    trained again) and a fleet of one is a solo run.
+    """
     units: list[Unit] = [DataUnit()] if ctx.cfg.data_dir is None else []
     units += [LadderUnit(aug, accs) for aug, accs in ctx.plan.ladders.items()]
     units += [CacheUnit(aug, acc) for aug, acc in ctx.plan.caches]
-    units += [RunUnit(spec) for spec in ctx.plan.runs]
+    runs = {spec: RunUnit(spec) for spec in ctx.plan.runs}
+    if max_fleet == 1:
+        return units + list(runs.values())
+    todo = [spec for spec, unit in runs.items() if not unit.done(ctx)]
+    grouped = group_fleets(todo, max_fleet, lambda s: run_batch_size(ctx.cfg.batch_size, s, ctx.class_counts(),
+                                                         ctx.cfg.stream_small_subsets),
+                           lambda s: runs[s].resumed_at(ctx))
+    fleets = {fleet[0]: fleet for fleet in grouped}
+    for spec, unit in runs.items():
+        if spec in fleets:
+            members = fleets[spec]
+            units.append(unit if len(members) == 1 else FleetUnit(tuple(runs[m] for m in members)))
+        elif unit.done(ctx):
+            units.append(unit)
     return units
