@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fasttarget.choices import DTYPES
 from fasttarget.dataset import DatasetMeta, read_split
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
@@ -55,7 +56,6 @@ from fasttarget.targets import TeacherModel, load_teacher
 
 CACHE_FORMAT = "fasttarget-target-cache"
 FORMAT_VERSION = 1
-DTYPES = ("float16", "float32")
 LOGITS = "logits"
 # Rows hashed per read when checksumming: bounded memory for any N.
 _HASH_ROWS = 1 << 16

@@ -42,9 +42,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fasttarget.choices import DATASETS
 from fasttarget.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "imagenet")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 CIFAR10_CLASSES = (

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, subset_config
-from fasttarget.sources import DATASETS
+from fasttarget.choices import DATASETS
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,8 @@ from typing import Optional
 
 import typer
 
-from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption
+from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, dataset_meta
+from fasttarget.errors import UserError
 
 ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50 or vit_s.")
 WidthOption = typer.Option(1.0, "--width", help="Multiplier of ResNet-18's base width 64 (0.25 = 16 channels).")
@@ -52,9 +53,6 @@ def teacher(
     progress: bool = ProgressOption,
 ) -> None:
     """Train teachers with one-hot CE and save the first checkpoint reaching each target accuracy."""
-    from fasttarget.errors import UserError
-    from fasttarget.teacher import LadderConfig, train_ladder
-
     targets = list(accuracies or [])
     # click options take one value each; the rest of `--accuracies 0.3 0.5 0.7` arrives as extra args.
     for extra in ctx.args:
@@ -62,6 +60,9 @@ def teacher(
             targets.append(float(extra))
         except ValueError:
             raise UserError(f"unexpected argument {extra!r}: see `fasttarget teacher --help`") from None
+    dataset_meta(data)
+    from fasttarget.teacher import LadderConfig, train_ladder
+
     result = train_ladder(LadderConfig(
         data=data, out=out, accuracies=tuple(targets), aug=aug, arch=arch, width=width, max_steps=max_steps,
         eval_every=eval_every, tolerance=tolerance, seed=seed, random_init=random_init,
@@ -110,14 +111,14 @@ def train(
                                "each writing --out/NAME as its solo run would (repeat the option)."),
 ) -> None:
     """Train a student on Strategy A, B or C targets and write its run directory (or a fleet: --member)."""
-    from fasttarget.errors import UserError
-    from fasttarget.train import TrainConfig, distributed_info
-    from fasttarget.train import train as run_train
-
     if member and (strategy or teacher or cache):
         raise UserError("--member gives each fleet member its strategy and file: drop --strategy/--teacher/--cache")
     if not member and strategy is None:
         raise UserError("pass --strategy A|B|C (one run) or --member … (a fleet): see `fasttarget train --help`")
+    dataset_meta(data)
+    from fasttarget.train import TrainConfig, distributed_info
+    from fasttarget.train import train as run_train
+
     cfg = TrainConfig(
         data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
