@@ -52,6 +52,7 @@ from fasttarget.dataset import DatasetMeta, read_split
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.models import file_sha256
+from fasttarget.progress import show_bar
 from fasttarget.targets import TeacherModel, load_teacher
 
 CACHE_FORMAT = "fasttarget-target-cache"
@@ -217,7 +218,7 @@ def _score_rows(
     # inference_mode: nothing built here ever joins an autograd graph (B's live targets do, so the
     # teacher itself only uses no_grad).
     with torch.inference_mode(), tqdm(total=n, initial=start, unit="img", desc="cache build",
-                                      disable=not cfg.progress) as bar:
+                                      disable=not show_bar(cfg.progress)) as bar:
         for lo in range(start, n, cfg.batch_size):
             hi = min(n, lo + cfg.batch_size)
             x = torch.from_numpy(images[lo:hi]).to(teacher.device).permute(0, 3, 1, 2).float().div_(255)

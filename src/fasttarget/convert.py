@@ -47,6 +47,7 @@ import numpy as np
 from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo, file_sha256
 from fasttarget.errors import UserError
 from fasttarget.holdout import check_val_fraction, hold_out_test_split
+from fasttarget.progress import show_bar
 from fasttarget.threads import kept_threads
 from fasttarget.sources import DATASETS, Source, Split, download_source, load_image, open_source
 
@@ -215,7 +216,7 @@ def _write_beton(path: Path, fields: dict, images: Sequence[np.ndarray], labels:
     alloc["sample_id"] = np.arange(n)
 
     with open(path, "wb") as fh, \
-            tqdm(total=n, desc=desc, unit="img", disable=not progress, mininterval=0.5) as bar:
+            tqdm(total=n, desc=desc, unit="img", disable=not show_bar(progress), mininterval=0.5) as bar:
         fh.write(bytes(first_page))  # header and metadata are written last, once the pointers are known
         pages = _Pages(fh, first_page)
         for start, (image_rows, sizes, payload) in _encoded_chunks(fields["image"], images, n, raw_arrays, num_workers):
@@ -505,7 +506,7 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
     outcomes: list[tuple[tuple[int, ...] | None, str | None]] = []
     histogram = np.zeros((3, 256), np.int64)
     with Pool(min(cfg.workers, max(len(jobs), 1))) as pool, \
-            tqdm(total=len(files), unit="img", desc=f"check {name}", disable=not cfg.progress, mininterval=0.5) as bar:
+            tqdm(total=len(files), unit="img", desc=f"check {name}", disable=not show_bar(cfg.progress), mininterval=0.5) as bar:
         for chunk_outcomes, chunk_histogram in pool.imap(_scan_files, jobs):
             outcomes += chunk_outcomes
             histogram += chunk_histogram

@@ -19,7 +19,8 @@ ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), 
 WidthOption = typer.Option(1.0, "--width", help="Multiplier of ResNet-18's base width 64 (0.25 = 16 channels).")
 DeviceOption = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 CompileOption = typer.Option(None, "--compile/--no-compile", help="torch.compile the network (default: on CUDA only).")
-ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+ProgressOption = typer.Option(True, "--progress/--no-progress",
+                              help="Report progress: a bar on a terminal, else one line per evaluation.")
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +52,9 @@ def teacher(
     compile: Optional[bool] = CompileOption,
     force: bool = typer.Option(False, "--force", help="Retrain a ladder already in --out."),
     progress: bool = ProgressOption,
+    eval_subset: Optional[int] = typer.Option(
+        None, "--eval-subset", help="Evaluate the schedule on about N test images (seeded, per class); "
+        "each saved teacher is then measured on the whole test split."),
 ) -> None:
     """Train teachers with one-hot CE and save the first checkpoint reaching each target accuracy."""
     targets = list(accuracies or [])
@@ -68,10 +72,12 @@ def teacher(
         eval_every=eval_every, tolerance=tolerance, seed=seed, random_init=random_init,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, device=device, compile=compile, force=force, progress=progress,
+        eval_subset=eval_subset,
     ))
     for rung in result.rungs:
         target = "random" if rung.target is None else f"{rung.target * 100:g}%"
-        typer.echo(f"target {target:>6}: {rung.path}  measured {rung.accuracy:.2%} at step {rung.step}")
+        on_subset = "" if rung.subset_accuracy is None else f" ({rung.subset_accuracy:.2%} on the evaluation subset)"
+        typer.echo(f"target {target:>6}: {rung.path}  measured {rung.accuracy:.2%}{on_subset} at step {rung.step}")
     if result.missed:
         missed = ", ".join(f"{t * 100:g}%" for t in result.missed)
         typer.echo(f"missed {missed} within {result.steps} steps (best {result.best_accuracy:.2%}): "
