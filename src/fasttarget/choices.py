@@ -18,3 +18,6 @@ DTYPES = ("float16", "float32")
 
 SUITES = ("convert", "loader", "augment", "targets", "step", "fleet")
 """Benchmark suites of ``fasttarget bench`` (:mod:`fasttarget.bench`)."""
+
+SWEEP_BACKENDS = ("local", "ray", "slurm")
+"""Where ``fasttarget sweep`` runs its units (:mod:`fasttarget.sweep.executors`)."""
