@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-APT_PKGS=(libopencv-dev libturbojpeg0-dev pkg-config)
+APT_PKGS=(libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev gcc pkg-config)
 
 missing=()
 for pkg in "${APT_PKGS[@]}"; do

@@ -65,7 +65,9 @@ def test_every_cpu_goal_has_a_row_in_bench_all(bench_json):
     """A goal whose (name, baseline) no suite produces would never be checked: renames must move goals too."""
     payload, output = bench_json
     measured = {(row["name"], row["baseline"]) for row in payload["rows"]}
-    cpu_goals = {key for key, goal in GOALS.items() if not goal.cuda_only}
+    # The imagenet suite needs --imagenet photos (skipped here with a note); its goals are asserted
+    # by benchmarks/test_bench_imagenet.py's slow test.
+    cpu_goals = {key for key, goal in GOALS.items() if not goal.cuda_only and not key[0].startswith("imagenet")}
     assert cpu_goals <= measured
     # Each goal's verdict is printed on its row, and each raced baseline names its kernel in a note.
     assert output.count(": met") + output.count(": MISSED") == len(cpu_goals)

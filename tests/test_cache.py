@@ -15,14 +15,18 @@ import torch
 from test_targets import cifar1k_dir, normalize, save_teacher  # noqa: F401 (cifar1k_dir is a fixture)
 
 import fasttarget.cache
+import fasttarget.dataset
+import fasttarget.loader
 from fasttarget.cache import (
     CACHE_FORMAT,
     FORMAT_VERSION,
     CacheBuildConfig,
+    CacheForm,
     TargetCache,
     _resumable_rows,
     build_cache,
     partial_path,
+    stored_rows,
     verified_path,
 )
 from fasttarget.cli import main
@@ -311,13 +315,16 @@ def test_only_a_partial_of_the_same_build_is_resumed(tmp_path):
             f.create_dataset("logits", shape=(100, 10), dtype="float16")
             f.attrs.update({**identity, **changes, "rows_done": 64})
 
+    tables = {"logits": ((100, 10), "float16")}
     write_partial()
-    assert _resumable_rows(partial, identity) == 64 and partial.exists()
+    assert _resumable_rows(partial, identity, tables) == 64 and partial.exists()
     for changes in ({"teacher_sha256": "c" * 64}, {"dtype": "float32"}, {"num_samples": 99}):
         write_partial(**changes)
-        assert _resumable_rows(partial, identity) == 0 and not partial.exists()
+        assert _resumable_rows(partial, identity, tables) == 0 and not partial.exists()
+    write_partial()  # the same attributes, but a top-k build's tables
+    assert _resumable_rows(partial, identity, {"topk_logits": ((100, 4), "float16")}) == 0 and not partial.exists()
     partial.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 50)  # a header cut short by a kill
-    assert _resumable_rows(partial, identity) == 0 and not partial.exists()
+    assert _resumable_rows(partial, identity, tables) == 0 and not partial.exists()
 
 
 def test_build_config_validates():
@@ -348,3 +355,96 @@ def test_cuda_gather_equals_host_gather(tmp_path, monkeypatch, device_table):
         assert from_cuda_rows.is_cuda and from_host_rows.is_cuda
         np.testing.assert_array_equal(from_cuda_rows.cpu().numpy(), logits[rows.numpy()])
         np.testing.assert_array_equal(from_host_rows.cpu().numpy(), logits[rows.numpy()])
+
+
+@pytest.fixture(scope="module")
+def built_topk(built, tmp_path_factory):
+    """A top-3 float32 cache of the same images and teacher, built by the CLI while the
+    whole-split readers raise: the build streams."""
+    sample_dir, meta, teacher, _ = built
+    out = tmp_path_factory.mktemp("cache-topk") / "top3.h5"
+
+    def whole_split(*args, **kwargs):
+        raise AssertionError("cache build read the whole split into memory")
+
+    with pytest.MonkeyPatch.context() as mp:
+        for module in (fasttarget.dataset, fasttarget.loader):
+            mp.setattr(module, "read_split", whole_split)
+        mp.setattr(sys, "argv", ["fasttarget", "cache", "build", "--data", str(sample_dir), "--teacher", str(teacher),
+                                 "--out", str(out), "--batch-size", "256", "--device", "cpu", "--top-k", "3",
+                                 "--dtype", "float32", "--temperature", "4"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    assert not exit_info.value.code
+    return out
+
+
+def test_top_k_cache_holds_the_largest_logits_their_classes_and_the_tail(built, built_topk):
+    sample_dir, meta, teacher, _ = built
+    cache = TargetCache.open(built_topk, expected_fingerprint=meta.fingerprint, num_classes=meta.num_classes,
+                             form=CacheForm(top_k=3, dtype="float32"))
+    assert cache.form == CacheForm(3, "float32") and cache.num_classes == meta.num_classes
+    assert cache.logits.shape == (meta.count("train"), 4) and cache.classes.shape == (meta.count("train"), 3)
+    assert cache.classes.dtype == np.int16 and cache.logits.dtype == np.float32
+    assert cache.attrs["form"] == "top-k" and cache.attrs["top_k"] == 3 and cache.attrs["temperature"] == 4.0
+    full = teacher_logits(sample_dir, meta, teacher)
+    order = np.argsort(-full, axis=1)[:, :3]
+    np.testing.assert_array_equal(cache.classes, order)
+    np.testing.assert_allclose(cache.logits[:, :3], np.take_along_axis(full, order, 1), atol=1e-4, rtol=1e-4)
+    rest = full.copy()
+    np.put_along_axis(rest, order, -np.inf, 1)
+    tail = 4.0 * (np.log(np.exp(rest / 4.0).sum(1)) - np.log(meta.num_classes - 3))
+    np.testing.assert_allclose(cache.logits[:, 3], tail, atol=1e-4, rtol=1e-4)
+    rows = np.array([5, 0, 999, 5])
+    np.testing.assert_array_equal(cache.gather(rows).numpy(), cache.logits[rows])
+    np.testing.assert_array_equal(cache.gather_classes(torch.from_numpy(rows)).numpy(), cache.classes[rows])
+    with pytest.raises(IndexError):
+        cache.gather_classes(np.array([cache.num_samples]))
+    assert cache.verify()
+
+
+def test_a_cache_of_another_form_or_a_corrupted_k_is_refused(built, built_topk, tmp_path):
+    full = built[3]
+    with pytest.raises(UserError, match=r"holds top-3 float32 logits, expected full float16: rebuild it with "
+                                        r"`fasttarget cache build .* --dtype float16`$"):
+        TargetCache.open(built_topk, form=CacheForm())
+    with pytest.raises(UserError, match=r"holds full float16 logits, expected top-5 float16: .* --top-k 5`$"):
+        TargetCache.open(full, form=CacheForm(top_k=5))
+    corrupted = tmp_path / "k.h5"
+    shutil.copy(built_topk, corrupted)
+    with h5py.File(corrupted, "r+") as f:
+        f.attrs["top_k"] = 4
+    with pytest.raises(UserError, match=r"attributes say top-4 of 10 classes but its tables are 1000x4 logits and "
+                                        r"1000x3 classes \(corrupted\)"):
+        TargetCache.open(corrupted)
+    with h5py.File(corrupted, "r+") as f:
+        f.attrs["top_k"], f.attrs["form"] = 3, "full"
+    with pytest.raises(UserError, match="attributes say form 'full' but it holds tables"):
+        TargetCache.open(corrupted)
+
+
+def test_top_k_must_leave_classes_out_and_be_positive(built):
+    sample_dir, _, teacher, _ = built
+    with pytest.raises(UserError, match="--top-k 10 keeps every one of the 10 classes"):
+        build_cache(CacheBuildConfig(sample_dir, teacher, sample_dir / "never.h5", top_k=10))
+    with pytest.raises(UserError, match="--top-k must be at least 1"):
+        CacheBuildConfig(sample_dir, teacher, "o.h5", top_k=0)
+
+
+def test_a_version_1_cache_opens_as_the_full_form(tmp_path):
+    """Caches written before the top-k form (no form attributes) keep working."""
+    logits = np.random.default_rng(0).standard_normal((50, 10)).astype(np.float16)
+    with h5py.File(tmp_path / "v1.h5", "w") as f:
+        f["logits"] = logits
+        f.attrs.update({"format": CACHE_FORMAT, "format_version": 1, "dtype": "float16",
+                        "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest()})
+    cache = TargetCache.open(tmp_path / "v1.h5", form=CacheForm())
+    assert cache.form == CacheForm() and cache.num_classes == 10
+    np.testing.assert_array_equal(cache.gather([3, 1]).numpy(), logits[[3, 1]])
+
+
+def test_stored_rows_keep_classes_in_int16_up_to_32768():
+    logits = torch.randn(2, 40_000)
+    values, classes = stored_rows(logits, CacheForm(top_k=2), 2.0)
+    assert classes.dtype == torch.int32 and values.dtype == torch.float16 and values.shape == (2, 3)
+    assert stored_rows(logits[:, :1000], CacheForm(top_k=2), 2.0)[1].dtype == torch.int16

@@ -21,6 +21,7 @@ from fasttarget.dataset import DatasetMeta, check_dataset, read_split
 from fasttarget.demo import SAMPLE_SOURCE
 from fasttarget.errors import UserError
 from fasttarget.sources import Split
+from fasttarget.threads import kept_threads
 
 
 def _source_records(folder: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +55,9 @@ def test_real_cifar10_is_byte_identical_to_source(cifar10_dir, full_cifar10_sour
 def test_meta_json_follows_the_contract(cifar10_dir):
     d = json.loads((cifar10_dir / "meta.json").read_text())
     assert list(d) == ["format_version", "dataset", "classes", "num_classes", "image_shape", "encoding",
-                       "jpeg_quality", "splits", "mean", "std", "fingerprint", "source", "extra"]
+                       "jpeg_quality", "max_side", "compress_probability", "splits", "mean", "std", "fingerprint",
+                       "source", "extra"]
+    assert d["max_side"] is None and d["compress_probability"] is None
     assert d["format_version"] == 1 and d["num_classes"] == 10 and d["jpeg_quality"] is None
     train = (cifar10_dir / "train.beton").stat().st_size
     assert d["splits"]["train"] == {"file": "train.beton", "count": 50000, "class_counts": [5000] * 10, "skipped": 0,
@@ -96,6 +99,28 @@ def test_write_split_rejects_non_uint8_before_spawning_workers(tmp_path):
 
 def _sample_config(out: Path, **kw) -> ConvertConfig:
     return ConvertConfig("cifar10", SAMPLE_SOURCE, out, progress=False, **kw)
+
+
+def test_proportion_mode_stores_a_seeded_share_as_jpeg_reproducibly(tmp_path):
+    """FFCV's proportion mode, written twice from variable-size images: the same bytes, about the
+    asked share of JPEG rows, and every image stored at its own size."""
+    with kept_threads():
+        from ffcv.reader import Reader
+
+    from fasttarget.decode import stored_sizes
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (int(h), int(w), 3), dtype=np.uint8)
+              for h, w in rng.integers(20, 90, (200, 2))]
+    labels = np.arange(200) % 3
+    paths = [tmp_path / f"{i}.beton" for i in range(2)]
+    for path, workers in zip(paths, (1, 2)):
+        write_split(path, images, labels, encoding="proportion", compress_probability=0.3, num_workers=workers,
+                    progress=False)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    modes = Reader(str(paths[0])).metadata["f0"]["mode"]
+    assert 0.2 < (modes == 0).mean() < 0.4  # IMAGE_MODES: jpg 0, raw 1
+    assert stored_sizes(paths[0]).tolist() == [list(im.shape[:2]) for im in images]
 
 
 def test_existing_output_needs_force_and_check_detects_tampering(sample_dir, tmp_path):

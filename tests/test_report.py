@@ -122,9 +122,28 @@ def test_lowess_is_applied_to_the_plotted_curves():
     np.testing.assert_allclose(b_line.get_xdata(), xs)
     np.testing.assert_allclose(b_line.get_ydata(), expected[idx, 1] * 100)
     assert not np.allclose(b_line.get_ydata(), [y[x == s].mean() * 100 for s in xs])  # smoothed, not means
-    scatter = [c for c in ax.collections if len(c.get_offsets()) == 120]
-    assert scatter and all(c.get_alpha() < 0.5 for c in scatter)  # raw points faint
     assert ax.get_xlabel() == "Training step" and "accuracy" in ax.get_ylabel()
+
+
+def test_few_evaluations_plot_seed_means_with_bands_teacher_lines_and_epochs():
+    pairs = [make_run("B", seed, lambda s, seed=seed: 0.2 + s / 500 + seed / 100, steps=50, teacher=0.5)
+             for seed in range(3)]
+    pairs += [make_run("A", seed, lambda s, seed=seed: 0.1 + s / 400 + seed / 50, steps=50) for seed in range(3)]
+    res = Results([r for r, _ in pairs], {r.run_id: e for r, e in pairs}, class_counts=[500] * 10, batch_size=100,
+                  name="synthetic")
+    fig, _ = fig_acc_vs_step(res)
+    ax = fig.axes[0]
+    a_line = next(line for line in ax.get_lines() if line.get_label() == "A (one-hot)")
+    steps = np.arange(10, 51, 10)
+    np.testing.assert_allclose(a_line.get_xdata(), steps)
+    np.testing.assert_allclose(a_line.get_ydata(), (0.1 + steps / 400 + 0.02) * 100)  # mean of the seeds
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]  # ±1 sd of 0.1, 0.12, 0.14 around the mean
+    assert band.max() - band.min() > 2 * 2.0 - 1e-6
+    teacher = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(teacher) == 1 and teacher[0].get_ydata()[0] == pytest.approx(50.3)  # measured accuracy
+    top = ax.child_axes  # the epoch axis: 50 steps × 100 images / 5000 = 1 epoch
+    assert top and "Epochs of full" in top[0].get_xlabel()
+    assert res.epochs(res.runs[0], 50) == pytest.approx(1.0)
 
 
 def test_lowess_widens_for_few_steps():
@@ -153,7 +172,7 @@ def test_partial_grid_report_says_what_is_not_covered(tmp_path):
     written = write_report(tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "Not covered by this sweep: no Strategy B or C runs" in text
-    assert text.count("not covered by this sweep") >= 6  # every finding needs soft targets
+    assert text.count("**not covered**") >= 6  # every finding needs soft targets
     assert "RuntimeError: synthetic" in text  # failed runs listed
     assert all(p.exists() for p in written)
 
@@ -179,3 +198,28 @@ def test_full_report_end_to_end(tmp_path):
         assert title in text
     claims = json.loads((out / "claims.json").read_text())
     assert [c["finding"] for c in claims] == list("abcdef")
+
+
+def test_report_is_redone_from_the_committed_csv_and_meta(tmp_path):
+    pairs = [make_run("A", s, lambda x, s=s: x / 200 + s / 100, steps=100) for s in range(3)]
+    pairs += [make_run("B", s, lambda x, s=s: 0.3 + x / 400 + s / 100, teacher=0.5, steps=100) for s in range(3)]
+    _index_from(pairs, tmp_path)
+    first = tmp_path / "first"
+    write_report(tmp_path, first)
+    assert json.loads((first / "meta.json").read_text())["dataset_ipc"] == 500
+    committed = tmp_path / "committed"  # what a docs/results/<name> folder holds: no results.sqlite
+    committed.mkdir()
+    for name in ("results.csv", "meta.json"):
+        (committed / name).write_bytes((first / name).read_bytes())
+    write_report(committed)
+    assert (committed / "claims.json").read_text() == (first / "claims.json").read_text()
+    assert (committed / "report.md").read_text() == (first / "report.md").read_text()
+
+
+def test_committed_cpu_small_results_re_report_to_their_committed_claims():
+    from fasttarget.claims import check_claims
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-small"
+    res = Results.load(committed)
+    assert len(res.runs) == 33 and res.class_counts == (5000,) * 10
+    assert [c.to_json() for c in check_claims(res)] == json.loads((committed / "claims.json").read_text())

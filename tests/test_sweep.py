@@ -9,6 +9,8 @@ stages in ``test_sweep_smoke``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import json
 import os
@@ -188,7 +190,8 @@ def test_toml_presets_parse():
 
 
 def test_dry_run_describes_without_writing(tmp_path):
-    text = describe_plan(_cfg(), tmp_path / "out")
+    cfg = dataclasses.replace(_cfg(), data_source=tmp_path)  # dry runs check that the source exists
+    text = describe_plan(cfg, tmp_path / "out", estimate=False)
     assert "20 new" in text and "teacher ladder stdaug (30%, 50%): to run" in text
     assert not (tmp_path / "out").exists()
 
@@ -332,17 +335,26 @@ def test_paired_train_configs_differ_only_in_targets(tmp_path):
         assert len({c["strategy"] for c in cfgs}) == 3
 
 
-def test_batch_capped_at_small_subsets(tmp_path):
-    """IPC × classes below the batch size: the run trains on the whole subset per step."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_small_subsets_stream_or_cap_the_batch(tmp_path, stream):
+    """IPC × classes below a few batches: by default the run keeps its batch and streams across
+    epochs; with stream_small_subsets = false the batch is capped at the subset."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "meta.json").write_text(json.dumps({"splits": {"train": {"class_counts": [60, 70]}}}))
     data = json.loads(json.dumps(TINY))
     data["data"] = {"dir": str(tmp_path / "data")}
+    data.setdefault("student", {}).update(batch_size=64, stream_small_subsets=stream)
     data["grid"][0].update(strategies=["A"], ipc=[10, 50])
     rec = Recorder()
     run_sweep(SweepConfig.from_dict(data), tmp_path, INLINE, stages=rec.stages())
-    assert sorted({(r.spec.ipc, r.batch_size) for r in rec.runs}) == [(10, 20), (50, 100)]
-    assert ResultsIndex(tmp_path / "results.sqlite").meta("dataset_ipc") == 60
+    from fasttarget.sweep import train_config
+
+    got = sorted({(r.spec.ipc, r.batch_size, r.stream, train_config(r).stream) for r in rec.runs})
+    # 20 and 100 images; a batch of 64: 100 < 4 batches streams too
+    assert got == ([(10, 64, True, True), (50, 64, True, True)] if stream else
+                   [(10, 20, False, False), (50, 64, False, False)])
+    index = ResultsIndex(tmp_path / "results.sqlite")
+    assert index.meta("dataset_ipc") == 60 and index.meta("class_counts") == [60, 70]
 
 
 def _cli(monkeypatch, *args: str) -> int:
@@ -354,12 +366,13 @@ def _cli(monkeypatch, *args: str) -> int:
     return exit_.value.code
 
 
-def test_cli_dry_run_and_bad_config(tmp_path, monkeypatch, capsys):
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text('name = "tiny"\n[data]\ndir = "d"\n[[grid]]\nstrategies = ["A"]\nstudent_augs = ["stdaug"]\n'
-                   'steps = [10]\neval_every = 5\nseeds = [0, 1]\n')
+def test_cli_dry_run_and_bad_config(tmp_path, monkeypatch, capsys, sample_dir):
+    cfg = tmp_path / "tiny.toml"  # a real converted dir (dry runs check it) and a small student (the time probe)
+    cfg.write_text(f'name = "tiny"\n[data]\ndir = "{sample_dir}"\n[model]\nwidth = 0.125\n[student]\nbatch_size = 16\n'
+                   '[[grid]]\nstrategies = ["A"]\nstudent_augs = ["stdaug"]\nsteps = [10]\neval_every = 5\nseeds = [0, 1]\n')
     assert _cli(monkeypatch, "sweep", str(cfg), "--out", str(tmp_path / "o"), "--dry-run") == 0
-    assert "runs: 2 (2 new)" in capsys.readouterr().out and not (tmp_path / "o").exists()
+    out = capsys.readouterr().out
+    assert "runs: 2 (2 new)" in out and "estimate: " in out and not (tmp_path / "o").exists()
     cfg.write_text(cfg.read_text().replace('["A"]', '["Z"]'))
     assert _cli(monkeypatch, "sweep", str(cfg), "--out", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err

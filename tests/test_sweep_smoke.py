@@ -121,7 +121,7 @@ def test_driver_killed_mid_sweep_then_rerun(reference, tmp_path, monkeypatch):
     ref_dir, ref = reference
     _with_shared_teacher(ref_dir, tmp_path)
     config = tmp_path / "smoke.toml"
-    config.write_text(SMOKE.read_text().replace('source = "data/', f'source = "{REPO}/data/'))
+    config.write_text(SMOKE.read_text().replace('source = "../data/', f'source = "{REPO}/data/'))
     argv = [sys.executable, "-m", "fasttarget.cli", "sweep", str(config), "--out", str(tmp_path), "--workers", "2"]
     _worker_path(monkeypatch)
     driver = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

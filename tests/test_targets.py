@@ -8,8 +8,10 @@ not saturated, and a wrong row, view, normalization or mix shows.
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -278,3 +280,61 @@ def test_side_stream_teacher_step_within_15_percent_of_one_hot(cifar10_source, t
     print(f"\nCUDA step, ResNet-18 x1 student and teacher, batch {batch}: A {row.baseline_value:,.0f} img/s, "
           f"B {row.value:,.0f} img/s, B/A step time {1 / row.ratio:.3f}x")
     assert 1 / row.ratio <= 1.15
+
+
+def _fkd_reference(logits: np.ndarray, k: int, t0: float, t: float) -> np.ndarray:
+    """The target a top-k cache must give, row by row in float64, from the full teacher logits.
+
+    At t == t0: FKD's marginal smoothing — the kept classes' probabilities of the full softmax at
+    t0, the rest of the mass spread evenly over the other classes. At another t: the softmax at t
+    of the logits with every other class replaced by the one logit that keeps their mass at t0.
+    """
+    out = np.empty_like(logits, dtype=np.float64)
+    c = logits.shape[1]
+    for i, z in enumerate(logits.astype(np.float64)):
+        top = np.argsort(-z)[:k]
+        others = np.setdiff1d(np.arange(c), top)
+        if t == t0:
+            p = np.exp(z / t0) / np.exp(z / t0).sum()
+            out[i] = (1 - p[top].sum()) / (c - k)
+            out[i, top] = p[top]
+        else:
+            flat = z.copy()
+            flat[others] = t0 * np.log(np.exp(z[others] / t0).mean())
+            out[i] = np.exp(flat / t) / np.exp(flat / t).sum()
+    return out
+
+
+@pytest.mark.parametrize("t", [2.0, 1.0, 4.0], ids=["T=T0", "colder", "warmer"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_top_k_targets_equal_fkd_marginal_smoothing(t, dtype):
+    from fasttarget.cache import CacheForm, stored_rows
+    from fasttarget.targets import topk_probabilities
+
+    logits = torch.randn(64, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    values, classes = stored_rows(logits, CacheForm(top_k=5, dtype=dtype), temperature=2.0)
+    got = topk_probabilities(values, classes, 1000, t)
+    assert got.dtype == torch.float32 and got.shape == (64, 1000)
+    torch.testing.assert_close(got.sum(1), torch.ones(64), atol=1e-5, rtol=0)
+    # float16 rounds the logits (|z| < 16: error ≤ 2^-7), which moves probabilities by ~1%.
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(got.numpy(), _fkd_reference(logits.numpy(), 5, 2.0, t), rtol=tol, atol=1e-7)
+
+
+def test_cached_targets_from_a_top_k_cache(tmp_path):
+    """CachedTargets of a top-k cache: topk_probabilities of the gathered rows, then mixed."""
+    import h5py
+
+    from fasttarget.cache import CACHE_FORMAT, FORMAT_VERSION, CacheForm, TargetCache, _sha256_rows, stored_rows
+
+    logits = torch.randn(100, 10, generator=torch.Generator().manual_seed(1))
+    values, classes = (t.numpy() for t in stored_rows(logits, CacheForm(top_k=3), 2.0))
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        f["topk_logits"], f["topk_classes"] = values, classes
+        f.attrs.update({"format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "num_classes": 10,
+                        **CacheForm(top_k=3).attrs, "logits_sha256": _sha256_rows(values, classes)})
+    provider = CachedTargets(TargetCache.open(tmp_path / "t.h5", form=CacheForm(top_k=3)), temperature=2.0)
+    indices = torch.tensor([7, 3, 7])
+    batch = SimpleNamespace(indices=indices, images=torch.zeros(3, 3, 4, 4), record=SimpleNamespace(mix=lambda t: t))
+    expected = _fkd_reference(logits[indices].numpy(), 3, 2.0, 2.0)
+    np.testing.assert_allclose(provider(batch).numpy(), expected, rtol=2e-2, atol=1e-6)

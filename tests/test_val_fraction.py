@@ -118,7 +118,7 @@ def test_conversions_with_other_jpeg_quality_get_other_fingerprints(cifar10_sour
                                    num_workers=2, progress=False)) for k, q in enumerate((90, 75, 90))]
     assert [m.encoding for m in metas] == ["jpg"] * 3
     assert metas[0].fingerprint == metas[2].fingerprint != metas[1].fingerprint
-    assert json.loads((tmp_path / "0-q90" / "meta.json").read_text())["source"]["max_side"] is None
+    assert json.loads((tmp_path / "0-q90" / "meta.json").read_text())["max_side"] is None
 
 
 def test_cache_of_one_conversion_is_refused_on_another(class_folders, tmp_path, run_cli, user_error):

@@ -319,8 +319,9 @@ class ResizedCrop:
 
     Box sampling is Kornia's ``ResizedCropGenerator`` (torchvision's ``get_params``): ten
     candidates per sample of area ``U(scale) * H * W`` and ratio ``exp(U(log ratio))``, sides
-    rounded to whole pixels, the first that fits is taken, else the whole image (or the
-    ratio-clamped full side); the position is uniform over the valid integer offsets.
+    rounded to whole pixels, the first that fits is taken, placed uniformly over the valid
+    integer offsets; when none fits, the whole image (or the ratio-clamped full side), centered.
+    :meth:`plan` draws the same boxes from each sample's own size for crops cut at decode time.
     """
 
     p: float
@@ -331,6 +332,43 @@ class ResizedCrop:
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
         apply = _bernoulli(n, self.p, generator)
+        x0, y0, w, h = self._draw(n, height, width, generator)
+        boxes = torch.stack([x0, y0, x0 + w - 1, y0 + h - 1], 1)
+        full = torch.tensor([0.0, 0.0, width - 1.0, height - 1.0], device=boxes.device)
+        return {"apply": apply, "boxes": torch.where(apply[:, None], boxes, full)}
+
+    def plan(self, sizes: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        """Draws the crops of images of different sizes, to be cut when they are decoded.
+
+        The same rule as :meth:`sample`, each sample drawn from its own size; a sample the
+        crop is not applied to (``p < 1``) gets the center crop of :func:`center_crop_boxes`.
+
+        Args:
+            sizes: int ``[B, 2]`` stored (height, width) of each image.
+            generator: the batch's generator (CPU).
+
+        Returns:
+            ``{"apply": bool [B], "boxes": int32 [B, 4]}``, boxes as ``(x0, y0, w, h)`` in stored pixels.
+
+        Example:
+            >>> crop = ResizedCrop(1.0, (0.08, 1.0), (3 / 4, 4 / 3))
+            >>> boxes = crop.plan(torch.tensor([[375, 500], [64, 48]]), torch.Generator().manual_seed(0))["boxes"]
+            >>> bool((boxes[:, 0] + boxes[:, 2] <= torch.tensor([500, 48])).all())
+            True
+        """
+        n = len(sizes)
+        apply = _bernoulli(n, self.p, generator)
+        height, width = sizes[:, 0].float(), sizes[:, 1].float()
+        x0, y0, w, h = self._draw(n, height, width, generator)
+        boxes = torch.stack([x0, y0, w, h], 1).to(torch.int32)
+        return {"apply": apply, "boxes": torch.where(apply[:, None], boxes, center_crop_boxes(sizes))}
+
+    def _draw(self, n: int, height: int | Tensor, width: int | Tensor,
+              generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x0, y0, w, h)`` float ``[n]`` each, for one image size or a ``[n]`` tensor of sizes per sample."""
+        per_sample = isinstance(height, Tensor)
+        if per_sample:
+            height, width = height[:, None], width[:, None]  # against the 10 candidates per sample
         area = (self.scale[0] + _rand(n, generator, 10) * (self.scale[1] - self.scale[0])) * (height * width)
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         aspect = torch.exp(log_lo + _rand(n, generator, 10) * (log_hi - log_lo))
@@ -340,16 +378,28 @@ class ResizedCrop:
         first = (fits.int().cumsum(1) == 1) & fits
         found = fits.any(1)
         pick = first.int().argmax(1, keepdim=True)
+        if per_sample:
+            height, width = height[:, 0], width[:, 0]
         fw, fh = self._fallback(height, width)
-        w = torch.where(found, w.gather(1, pick).squeeze(1), torch.full_like(area[:, 0], fw))
-        h = torch.where(found, h.gather(1, pick).squeeze(1), torch.full_like(area[:, 0], fh))
-        x0 = (_rand(n, generator) * (width - w + 1)).floor()
-        y0 = (_rand(n, generator) * (height - h + 1)).floor()
-        boxes = torch.stack([x0, y0, x0 + w - 1, y0 + h - 1], 1)
-        full = torch.tensor([0.0, 0.0, width - 1.0, height - 1.0], device=boxes.device)
-        return {"apply": apply, "boxes": torch.where(apply[:, None], boxes, full)}
+        if not per_sample:
+            fw, fh = torch.full_like(area[:, 0], fw), torch.full_like(area[:, 0], fh)
+        w = torch.where(found, w.gather(1, pick).squeeze(1), fw)
+        h = torch.where(found, h.gather(1, pick).squeeze(1), fh)
+        # Drawn for every sample, so that the stream does not depend on which ones fell back.
+        x0 = torch.where(found, (_rand(n, generator) * (width - w + 1)).floor(), ((width - w) / 2).floor())
+        y0 = torch.where(found, (_rand(n, generator) * (height - h + 1)).floor(), ((height - h) / 2).floor())
+        return x0, y0, w, h
 
-    def _fallback(self, height: int, width: int) -> tuple[float, float]:
+    def _fallback(self, height: int | Tensor, width: int | Tensor) -> tuple[float | Tensor, float | Tensor]:
+        """torchvision's whole-image crop, clamped to the ratio range, when no candidate fits."""
+        if isinstance(height, Tensor):
+            # float64 as Python's own arithmetic in the one-size branch below
+            h64, w64 = height.double(), width.double()
+            in_ratio = w64 / h64
+            narrow, wide = in_ratio < self.ratio[0], in_ratio > self.ratio[1]
+            fw = torch.where(wide, torch.round(h64 * self.ratio[1]), w64)
+            fh = torch.where(narrow, torch.round(w64 / self.ratio[0]), h64)
+            return fw.to(height.dtype), fh.to(height.dtype)
         in_ratio = width / height
         if in_ratio < self.ratio[0]:
             return float(width), float(round(width / self.ratio[0]))
@@ -365,6 +415,31 @@ class ResizedCrop:
         # a crop that drew the whole image) is only nearly the identity: select the input there.
         whole = torch.tensor([0.0, 0.0, w - 1.0, h - 1.0], device=boxes.device)
         return torch.where(_per_sample((boxes != whole).any(1)), out.clamp_(0, 1), images)
+
+
+#: The share of the shorter side a test view's center crop keeps (resize to 256, crop 224).
+CENTER_CROP_RATIO = 224 / 256
+
+
+def center_crop_boxes(sizes: Tensor, ratio: float = CENTER_CROP_RATIO) -> Tensor:
+    """The test view of images of different sizes: a centered square of ``ratio`` times the shorter side.
+
+    FFCV's ``CenterCropRGBImageDecoder`` rule (``get_center_crop``), so a resize of the box to the
+    output size is torchvision's ``Resize(256)`` + ``CenterCrop(224)`` at ``ratio = 224/256``.
+
+    Args:
+        sizes: int ``[B, 2]`` stored (height, width).
+
+    Returns:
+        int32 ``[B, 4]`` boxes ``(x0, y0, w, h)``.
+
+    Example:
+        >>> center_crop_boxes(torch.tensor([[256, 512]])).tolist()
+        [[144, 16, 224, 224]]
+    """
+    sizes = sizes.to(torch.int64)
+    side = (ratio * sizes.min(1).values.double()).to(torch.int64)
+    return torch.stack([(sizes[:, 1] - side) // 2, (sizes[:, 0] - side) // 2, side, side], 1).to(torch.int32)
 
 
 def _pairing(n: int, generator: torch.Generator) -> Tensor:
@@ -617,6 +692,7 @@ __all__ = [
     "adjust_color",
     "box_mask",
     "build_augment",
+    "center_crop_boxes",
     "sample_beta",
     "sample_gamma",
 ]

@@ -16,8 +16,11 @@ DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "imagenet")
 DTYPES = ("float16", "float32")
 """Logit storage types of a Strategy C cache (:mod:`fasttarget.cache`)."""
 
-SUITES = ("convert", "loader", "augment", "targets", "step", "fleet")
+SUITES = ("convert", "loader", "augment", "targets", "step", "fleet", "imagenet")
 """Benchmark suites of ``fasttarget bench`` (:mod:`fasttarget.bench`)."""
 
 SWEEP_BACKENDS = ("local", "ray", "slurm")
 """Where ``fasttarget sweep`` runs its units (:mod:`fasttarget.sweep.executors`)."""
+
+FORMS = ("full", "top-k")
+"""What a Strategy C cache stores per sample: all logits or the top k (:mod:`fasttarget.cache`)."""

@@ -1,8 +1,11 @@
 """Converting a source dataset into FFCV betons: ``DIR/train.beton``, ``DIR/test.beton``, ``DIR/meta.json``.
 
 Each beton has the fields ``image`` (``RGBImageField``: raw pixels when no image side exceeds
-:data:`RAW_MAX_SIDE`, JPEG otherwise), ``label`` and ``index`` (the sample's row number,
-the key of Strategy C's cache). Images that need encoding are encoded on every core; the
+:data:`RAW_MAX_SIDE`, JPEG otherwise, or with ``compress_probability`` a seeded share as JPEG and
+the rest raw: FFCV's ``proportion`` mode), ``label`` and ``index`` (the sample's row number,
+the key of Strategy C's cache). Images keep their own size (downscaled to ``max_side`` if
+larger), so a folder of photos gives a variable-size dataset whose ``meta.json`` records the
+size ranges instead of one ``image_shape``. Images that need encoding are encoded on every core; the
 samples are laid out in index order, so converting the same source twice gives the same
 bytes, and ``meta.json`` records each beton's size and SHA-256.
 
@@ -44,7 +47,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo, file_sha256
+from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo, file_sha256, size_ranges
 from fasttarget.errors import UserError
 from fasttarget.holdout import check_val_fraction, hold_out_test_split
 from fasttarget.progress import show_bar
@@ -52,6 +55,10 @@ from fasttarget.threads import kept_threads
 from fasttarget.sources import DATASETS, Source, Split, download_source, load_image, open_source
 
 RAW_MAX_SIDE = 64
+# The longer side ImageNet is stored at unless --max-side says otherwise (FFCV's ImageNet recipe writes 500 or 512).
+IMAGENET_MAX_SIDE = 500
+# First word of the seed of the proportion mode's choice of JPEG rows (fixed: a conversion has no seed).
+_PROPORTION_STREAM = 0x9E
 FINGERPRINT_SAMPLES = 64
 _TMP = re.compile(r"^\.(train\.beton|test\.beton|meta\.json)\.(\d+)\.tmp$")
 
@@ -71,8 +78,12 @@ class ConvertConfig:
         out: dataset directory to write.
         force: overwrite an existing converted dataset in ``out``.
         download: fetch ``cifar10``/``cifar100`` into ``source`` first (needs internet).
-        jpeg_quality: JPEG quality for images larger than :data:`RAW_MAX_SIDE`.
-        max_side: cap on the longer image side (downscaled before writing), or ``None``.
+        jpeg_quality: JPEG quality of the images stored as JPEG.
+        max_side: cap on the longer image side (downscaled before writing); ``None`` = the dataset's
+            default (:data:`IMAGENET_MAX_SIDE` for ``imagenet``, no cap otherwise), ``0`` = no cap.
+        compress_probability: store this share of the images as JPEG and the rest raw (FFCV's
+            ``proportion`` mode; which ones is a seeded choice, so conversions stay reproducible);
+            ``None`` = raw up to :data:`RAW_MAX_SIDE`, JPEG above.
         skip_bad: leave unreadable image files out (counted in ``meta.json``) instead of failing.
         num_workers: encoding processes; 0 = every usable core.
         progress: show progress bars (on stderr).
@@ -88,6 +99,7 @@ class ConvertConfig:
     download: bool = False
     jpeg_quality: int = 90
     max_side: int | None = None
+    compress_probability: float | None = None
     skip_bad: bool = False
     num_workers: int = 0
     progress: bool = True
@@ -101,8 +113,10 @@ class ConvertConfig:
             raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
-        if self.max_side is not None and self.max_side < 8:
-            raise UserError(f"--max-side must be at least 8 pixels, got {self.max_side}")
+        if self.max_side is not None and (self.max_side < 0 or 0 < self.max_side < 8):
+            raise UserError(f"--max-side must be at least 8 pixels (or 0 for no cap), got {self.max_side}")
+        if self.compress_probability is not None and not 0 <= self.compress_probability <= 1:
+            raise UserError(f"--compress-probability must be in 0..1, got {self.compress_probability}")
         if self.num_workers < 0:
             raise UserError(f"--workers must be 0 (all cores) or positive, got {self.num_workers}")
         check_val_fraction(self.val_fraction)
@@ -110,6 +124,13 @@ class ConvertConfig:
     @property
     def workers(self) -> int:
         return self.num_workers or usable_cores()
+
+    @property
+    def side_cap(self) -> int | None:
+        """The longer side images are downscaled to, ``None`` for none (``max_side`` resolved)."""
+        if self.max_side is None:
+            return IMAGENET_MAX_SIDE if self.dataset == "imagenet" else None
+        return self.max_side or None
 
 
 class _Samples:
@@ -138,6 +159,7 @@ def write_split(
     *,
     encoding: str = "raw",
     jpeg_quality: int = 90,
+    compress_probability: float = 0.5,
     max_side: int | None = None,
     num_workers: int | None = None,
     progress: bool = True,
@@ -158,8 +180,11 @@ def write_split(
         images: uint8 ``[N,H,W,3]`` array, or any sequence whose items are ``uint8 [H,W,3]``
             (e.g. :class:`fasttarget.sources.ImageFiles`, decoded in the worker processes).
         labels: int ``[N]``.
-        encoding: ``"raw"`` or ``"jpg"``.
-        jpeg_quality: JPEG quality for ``"jpg"``.
+        encoding: ``"raw"``, ``"jpg"`` or ``"proportion"`` (FFCV's mode: each sample is JPEG with
+            probability ``compress_probability``, raw otherwise; drawn from a fixed seed per row, so
+            the same input still gives the same bytes).
+        jpeg_quality: JPEG quality of the JPEG samples.
+        compress_probability: the JPEG share of ``"proportion"``.
         max_side: downscale images whose longer side exceeds it.
         num_workers: encoding processes (default: every usable core).
         progress: show a progress bar.
@@ -172,28 +197,42 @@ def write_split(
     with kept_threads():  # importing ffcv sets torch's threads to 1 (fasttarget.threads)
         from ffcv.fields import IntField, RGBImageField
 
-    if encoding not in ("raw", "jpg"):
-        raise ValueError(f"encoding must be 'raw' or 'jpg', got {encoding!r}")
+    if encoding not in ("raw", "jpg", "proportion"):
+        raise ValueError(f"encoding must be 'raw', 'jpg' or 'proportion', got {encoding!r}")
     labels = np.asarray(labels)
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if isinstance(images, np.ndarray) and (images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3):
         # Checked here for a clear error before any writer process starts.
         raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}")
-    fields = {
-        "image": RGBImageField(write_mode=encoding, max_resolution=max_side, jpeg_quality=jpeg_quality),
-        "label": IntField(),
-        "index": IntField(),
-    }
+    def image_field(mode: str):
+        return RGBImageField(write_mode=mode, max_resolution=max_side, jpeg_quality=jpeg_quality)
+
+    fields = {"image": image_field("raw" if encoding == "proportion" else encoding), "label": IntField(),
+              "index": IntField()}
+    # The image field's header entry is the same whatever its mode; each row records its own.
+    encoders = (fields["image"],) if encoding != "proportion" else (image_field("raw"), image_field("jpg"))
+    as_jpeg = None if encoding != "proportion" else (
+        np.random.default_rng([_PROPORTION_STREAM]).random(len(labels)) < compress_probability)
     raw_arrays = isinstance(images, np.ndarray) and encoding == "raw" and (
         max_side is None or max(images.shape[1:3]) <= max_side)
     _run_in_process_group(functools.partial(
-        _write_beton, Path(path), fields, images, labels, raw_arrays, num_workers or usable_cores(), progress, desc))
+        _write_beton, Path(path), fields, _Encoders(encoders, images, as_jpeg), labels, raw_arrays,
+        num_workers or usable_cores(), progress, desc))
     if not Path(path).is_file():
         raise RuntimeError(f"the beton writer exited without writing {path}")
 
 
-def _write_beton(path: Path, fields: dict, images: Sequence[np.ndarray], labels: np.ndarray, raw_arrays: bool,
+@dataclass(frozen=True)
+class _Encoders:
+    """What the encoding workers need: one image field per mode, the samples, and which rows take the second."""
+
+    fields: tuple[Any, ...]
+    images: Sequence[np.ndarray]
+    second: np.ndarray | None  # bool per row (the proportion mode's JPEG rows), None with one field
+
+
+def _write_beton(path: Path, fields: dict, encoders: _Encoders, labels: np.ndarray, raw_arrays: bool,
                  num_workers: int, progress: bool, desc: str) -> None:
     """The beton layout: header, field descriptors, metadata, pages from the next page boundary, allocation table."""
     from ffcv.types import ALLOC_TABLE_TYPE, CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType, HeaderType, \
@@ -219,7 +258,7 @@ def _write_beton(path: Path, fields: dict, images: Sequence[np.ndarray], labels:
             tqdm(total=n, desc=desc, unit="img", disable=not show_bar(progress), mininterval=0.5) as bar:
         fh.write(bytes(first_page))  # header and metadata are written last, once the pointers are known
         pages = _Pages(fh, first_page)
-        for start, (image_rows, sizes, payload) in _encoded_chunks(fields["image"], images, n, raw_arrays, num_workers):
+        for start, (image_rows, sizes, payload) in _encoded_chunks(encoders, n, raw_arrays, num_workers):
             stop = start + len(sizes)
             image_rows["data_ptr"] = alloc["ptr"][start:stop] = pages.add(sizes, payload)
             metadata["f0"][start:stop] = image_rows
@@ -274,15 +313,15 @@ class _Pages:
             self._next_page()
 
 
-def _encoded_chunks(field, images: Sequence[np.ndarray], n: int, raw_arrays: bool,
+def _encoded_chunks(encoders: _Encoders, n: int, raw_arrays: bool,
                     num_workers: int) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """``(first row, (image metadata rows, sizes, payload))`` per chunk of samples, in row order."""
     starts = range(0, n, _ENCODE_CHUNK)
     if raw_arrays:
         for start in starts:
-            yield start, _raw_chunk(field, images[start:start + _ENCODE_CHUNK])
+            yield start, _raw_chunk(encoders.fields[0], encoders.images[start:start + _ENCODE_CHUNK])
         return
-    with Pool(num_workers, initializer=_set_encoder, initargs=(field, images)) as pool:
+    with Pool(num_workers, initializer=_set_encoder, initargs=(encoders,)) as pool:
         yield from zip(starts, pool.imap(_encode_chunk, starts))
         # Ended by close/join, not by the context's terminate: workers killed by a signal would
         # look failed to the process group's watcher.
@@ -298,19 +337,19 @@ def _raw_chunk(field, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return rows, sizes, np.ascontiguousarray(images).reshape(-1)
 
 
-_encoder: tuple[Any, Sequence[np.ndarray]] | None = None  # an encoding worker's field and samples
+_encoder: _Encoders | None = None  # an encoding worker's fields and samples
 
 
-def _set_encoder(field, images: Sequence[np.ndarray]) -> None:
+def _set_encoder(encoders: _Encoders) -> None:
     # Pool initializer: under fork the samples are inherited, not pickled with every task.
     global _encoder
-    _encoder = (field, images)
+    _encoder = encoders
 
 
 def _encode_chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    field, images = _encoder
+    fields, images, second = _encoder.fields, _encoder.images, _encoder.second
     stop = min(start + _ENCODE_CHUNK, len(images))
-    rows = np.zeros(stop - start, field.metadata_type)
+    rows = np.zeros(stop - start, fields[0].metadata_type)
     parts: list[np.ndarray] = []
 
     def malloc(size: int) -> tuple[int, np.ndarray]:
@@ -318,6 +357,7 @@ def _encode_chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return 0, parts[-1]  # the real offset is set when the page layout is known
 
     for j in range(stop - start):
+        field = fields[int(second[start + j])] if second is not None else fields[0]
         field.encode(rows[j:j + 1], images[start + j], malloc)
     return rows, np.array([len(p) for p in parts], np.uint64), np.concatenate(parts)
 
@@ -432,15 +472,16 @@ def mean_std(histogram: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...
 
 
 def pixel_settings(encoding: str, jpeg_quality: int | None, max_side: int | None, mean: Sequence[float],
-                   std: Sequence[float]) -> dict[str, Any]:
+                   std: Sequence[float], compress_probability: float | None = None) -> dict[str, Any]:
     """What decides the stored pixels and their normalization besides the source images.
 
     Two conversions of one source with other settings hold other pixels, so a cache or a
     teacher made from one must be refused on the other: :func:`fingerprint` hashes these too.
-    ``jpeg_quality`` counts only for ``"jpg"`` encoding.
+    ``jpeg_quality`` counts only where images are JPEG, ``compress_probability`` only for ``"proportion"``.
     """
-    return {"encoding": encoding, "jpeg_quality": jpeg_quality if encoding == "jpg" else None,
-            "max_side": max_side, "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    return {"encoding": encoding, "jpeg_quality": jpeg_quality if encoding != "raw" else None,
+            "max_side": max_side, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "compress_probability": compress_probability if encoding == "proportion" else None}
 
 
 def fingerprint(splits: dict[str, Split], settings: dict[str, Any]) -> str:
@@ -459,10 +500,10 @@ def fingerprint(splits: dict[str, Split], settings: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class _Scanned:
-    """A split after the up-front pass: readable samples, their shapes, value histogram, skipped count."""
+    """A split after the up-front pass: readable samples, their stored (height, width), value histogram, skipped count."""
 
     split: Split
-    shapes: set[tuple[int, int, int]]
+    sizes: np.ndarray  # int [N, 2]
     histogram: np.ndarray
     skipped: int
 
@@ -487,12 +528,13 @@ def _scan_files(job: tuple[tuple[Path, ...], int | None]) -> tuple[list, np.ndar
 
 
 def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
+    cap = cfg.side_cap
     if split.images is not None:
         images = split.images
-        if cfg.max_side is not None and max(images.shape[1:3]) > cfg.max_side:
-            images = np.stack([_resize(im, cfg.max_side) for im in images])
+        if cap is not None and max(images.shape[1:3]) > cap:
+            images = np.stack([_resize(im, cap) for im in images])
             split = Split(split.labels, images=images)
-        return _Scanned(split, {images.shape[1:]}, channel_histogram(images), 0)
+        return _Scanned(split, np.tile(images.shape[1:3], (len(images), 1)), channel_histogram(images), 0)
 
     from tqdm import tqdm
 
@@ -502,7 +544,7 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
     channel_histogram(np.zeros((1, 1, 1, 3), np.uint8))
 
     files = split.files
-    jobs = [(files[i:i + _SCAN_CHUNK], cfg.max_side) for i in range(0, len(files), _SCAN_CHUNK)]
+    jobs = [(files[i:i + _SCAN_CHUNK], cap) for i in range(0, len(files), _SCAN_CHUNK)]
     outcomes: list[tuple[tuple[int, ...] | None, str | None]] = []
     histogram = np.zeros((3, 256), np.int64)
     with Pool(min(cfg.workers, max(len(jobs), 1))) as pool, \
@@ -515,7 +557,8 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
     if bad and not cfg.skip_bad:
         raise UserError(f"{len(bad)} unreadable image file(s) in the {name} split, first: {bad[0]}")
     keep = np.array([i for i, (shape, _) in enumerate(outcomes) if shape is not None], np.int64)
-    return _Scanned(split.subset(keep), {outcomes[i][0] for i in keep}, histogram, len(bad))
+    sizes = np.array([outcomes[i][0][:2] for i in keep], np.int64).reshape(-1, 2)
+    return _Scanned(split.subset(keep), sizes, histogram, len(bad))
 
 
 # --- the dataset directory -------------------------------------------------------------
@@ -567,8 +610,11 @@ def convert(cfg: ConvertConfig) -> DatasetMeta:
     scanned = {name: _scan(source.split(name), cfg, name) for name in SPLITS}
     if not len(scanned["train"].split):
         raise UserError(f"no readable training images in {source.path}: check the --source folder")
-    shapes = set().union(*(s.shapes for s in scanned.values()))
-    encoding = "raw" if max(max(s[:2]) for s in shapes) <= RAW_MAX_SIDE else "jpg"
+    sizes = np.concatenate([s.sizes for s in scanned.values()])
+    if cfg.compress_probability is not None:
+        encoding = "proportion"
+    else:
+        encoding = "raw" if int(sizes.max()) <= RAW_MAX_SIDE else "jpg"
     mean, std = mean_std(scanned["train"].histogram)
 
     temporaries = {name: _tmp_name(cfg.out, f"{name}.beton") for name in SPLITS}
@@ -578,10 +624,11 @@ def convert(cfg: ConvertConfig) -> DatasetMeta:
             split = scanned[name].split
             with _no_space_is_user_error(cfg.out / f"{name}.beton"):
                 write_split(temporaries[name], split.pixels(), split.labels, encoding=encoding,
-                            jpeg_quality=cfg.jpeg_quality, max_side=cfg.max_side, num_workers=cfg.workers,
-                            progress=cfg.progress, desc=f"write {name}")
+                            jpeg_quality=cfg.jpeg_quality, compress_probability=cfg.compress_probability or 0.0,
+                            max_side=cfg.side_cap, num_workers=cfg.workers, progress=cfg.progress,
+                            desc=f"write {name}")
             files[name] = (temporaries[name].stat().st_size, file_sha256(temporaries[name]))
-        meta = _build_meta(source, cfg, scanned, shapes, encoding, mean, std, files)
+        meta = _build_meta(source, cfg, scanned, sizes, encoding, mean, std, files)
         # Old meta first: from here until the new one lands, the directory looks unfinished.
         (cfg.out / META_FILE).unlink(missing_ok=True)
         for name in SPLITS:
@@ -604,26 +651,31 @@ def _no_space_is_user_error(path: Path) -> Iterator[None]:
         raise UserError(f"no space left on device writing {path}: free space or choose another --out") from err
 
 
-def _build_meta(source: Source, cfg: ConvertConfig, scanned: dict[str, _Scanned], shapes: set[tuple[int, ...]],
+def _build_meta(source: Source, cfg: ConvertConfig, scanned: dict[str, _Scanned], sizes: np.ndarray,
                 encoding: str, mean: tuple, std: tuple, files: dict[str, tuple[int, str]]) -> DatasetMeta:
     k = len(source.classes)
+    fixed = len(np.unique(sizes, axis=0)) == 1
     return DatasetMeta(
         dataset=source.dataset,
         classes=source.classes,
-        image_shape=tuple(int(x) for x in next(iter(shapes))) if len(shapes) == 1 else None,
+        image_shape=(int(sizes[0, 0]), int(sizes[0, 1]), 3) if fixed else None,
         splits={
             name: SplitInfo(
                 file=f"{name}.beton", count=len(s.split),
                 class_counts=tuple(int(c) for c in np.bincount(s.split.labels, minlength=k)),
                 skipped=s.skipped, size=files[name][0], sha256=files[name][1],
+                image_sizes=None if fixed or not len(s.sizes) else size_ranges(s.sizes),
             )
             for name, s in scanned.items()
         },
         mean=mean, std=std,
         fingerprint=fingerprint({name: s.split for name, s in scanned.items()},
-                                pixel_settings(encoding, cfg.jpeg_quality, cfg.max_side, mean, std)),
+                                pixel_settings(encoding, cfg.jpeg_quality, cfg.side_cap, mean, std,
+                                               cfg.compress_probability)),
         encoding=encoding,
-        jpeg_quality=cfg.jpeg_quality if encoding == "jpg" else None,
-        source={"layout": source.layout, "path": str(Path(source.path).resolve()), "max_side": cfg.max_side},
+        jpeg_quality=cfg.jpeg_quality if encoding != "raw" else None,
+        max_side=cfg.side_cap,
+        compress_probability=cfg.compress_probability if encoding == "proportion" else None,
+        source={"layout": source.layout, "path": str(Path(source.path).resolve())},
         extra=dict(source.extra),
     )

@@ -51,6 +51,9 @@ class SplitInfo:
         skipped: unreadable source files left out (``--skip-bad``).
         size: the beton's size in bytes, ``None`` in datasets converted before it was recorded.
         sha256: SHA-256 hex of the beton's bytes, ``None`` likewise.
+        image_sizes: for a split whose images differ in size, the stored sizes in pixels as
+            ``{"height": [min, mean, max], "width": [min, mean, max]}``; ``None`` when every
+            image has the dataset's ``image_shape``.
     """
 
     file: str
@@ -59,6 +62,17 @@ class SplitInfo:
     skipped: int = 0
     size: int | None = None
     sha256: str | None = None
+    # Given as a dict, kept as (name, (min, mean, max)) pairs: a SplitInfo keys the cache of checked files.
+    image_sizes: tuple[tuple[str, tuple[float, float, float]], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_sizes is not None:
+            object.__setattr__(self, "image_sizes", tuple((k, tuple(v)) for k, v in dict(self.image_sizes).items()))
+
+    @property
+    def size_ranges(self) -> dict[str, tuple[float, float, float]] | None:
+        """``image_sizes`` as a dict (``None`` for a fixed-size split)."""
+        return None if self.image_sizes is None else dict(self.image_sizes)
 
 
 @dataclass(frozen=True)
@@ -68,13 +82,17 @@ class DatasetMeta:
     Args:
         dataset: dataset name (``cifar10`` …).
         classes: class names in label order.
-        image_shape: ``(H, W, 3)`` when every image has that shape, else ``None``.
+        image_shape: ``(H, W, 3)`` when every image has that shape, else ``None`` (a variable-size
+            dataset: each split's ``image_sizes`` then describes its sizes).
         splits: ``"train"``/``"test"`` → :class:`SplitInfo`.
         mean, std: per-channel statistics of the train split on the 0..1 scale.
         fingerprint: SHA-256 hex of the labels and sampled pixels; caches and checkpoints
             record it to refuse data they were not made from.
-        encoding: ``"raw"`` pixels or ``"jpg"``.
-        jpeg_quality: JPEG quality when ``encoding == "jpg"``.
+        encoding: ``"raw"`` pixels, ``"jpg"``, or ``"proportion"`` (a seeded share
+            ``compress_probability`` of the images as JPEG, the rest raw: FFCV's mode of that name).
+        jpeg_quality: JPEG quality when some images are JPEG.
+        max_side: the cap on the longer side images were downscaled to at conversion, ``None`` without one.
+        compress_probability: the JPEG share of ``"proportion"``, else ``None``.
         source: where the data came from (``layout``, ``path``).
         extra: dataset-specific facts (CIFAR-100 coarse labels, Tiny-ImageNet class words …).
         format_version: version of this layout.
@@ -89,6 +107,8 @@ class DatasetMeta:
     fingerprint: str
     encoding: str = "raw"
     jpeg_quality: int | None = None
+    max_side: int | None = None
+    compress_probability: float | None = None
     source: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -108,8 +128,9 @@ class DatasetMeta:
             "format_version": d["format_version"], "dataset": d["dataset"], "classes": list(self.classes),
             "num_classes": self.num_classes,
             "image_shape": list(self.image_shape) if self.image_shape else None,
-            "encoding": self.encoding, "jpeg_quality": self.jpeg_quality,
-            "splits": {k: {**v, "class_counts": list(v["class_counts"])} for k, v in d["splits"].items()},
+            "encoding": self.encoding, "jpeg_quality": self.jpeg_quality, "max_side": self.max_side,
+            "compress_probability": self.compress_probability,
+            "splits": {k: _split_dict(info) for k, info in self.splits.items()},
             "mean": list(self.mean), "std": list(self.std), "fingerprint": self.fingerprint,
             "source": d["source"], "extra": d["extra"],
         }
@@ -121,10 +142,12 @@ class DatasetMeta:
             dataset=d["dataset"], classes=tuple(d["classes"]),
             image_shape=tuple(d["image_shape"]) if d["image_shape"] else None,
             splits={k: SplitInfo(v["file"], int(v["count"]), tuple(v["class_counts"]), int(v.get("skipped", 0)),
-                                 None if v.get("size") is None else int(v["size"]), v.get("sha256"))
+                                 None if v.get("size") is None else int(v["size"]), v.get("sha256"),
+                                 v.get("image_sizes"))
                     for k, v in d["splits"].items()},
             mean=tuple(d["mean"]), std=tuple(d["std"]), fingerprint=d["fingerprint"],
-            encoding=d.get("encoding", "raw"), jpeg_quality=d.get("jpeg_quality"),
+            encoding=d.get("encoding", "raw"), jpeg_quality=d.get("jpeg_quality"), max_side=d.get("max_side"),
+            compress_probability=d.get("compress_probability"),
             source=d.get("source", {}), extra=d.get("extra", {}), format_version=int(d["format_version"]),
         )
 
@@ -160,6 +183,26 @@ class DatasetMeta:
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _split_dict(info: SplitInfo) -> dict[str, Any]:
+    """A split's entry in ``meta.json``; ``image_sizes`` only for a variable-size split."""
+    d = {"file": info.file, "count": info.count, "class_counts": list(info.class_counts), "skipped": info.skipped,
+         "size": info.size, "sha256": info.sha256}
+    if info.image_sizes is not None:
+        d["image_sizes"] = {k: list(v) for k, v in info.image_sizes}
+    return d
+
+
+def size_ranges(sizes: np.ndarray) -> dict[str, list[float]]:
+    """``{"height": [min, mean, max], "width": [...]}`` of int ``[N, 2]`` (height, width) sizes, as ``meta.json`` records.
+
+    Example:
+        >>> size_ranges(np.array([[10, 20], [30, 40]]))
+        {'height': [10, 20.0, 30], 'width': [20, 30.0, 40]}
+    """
+    return {name: [int(col.min()), round(float(col.mean()), 2), int(col.max())]
+            for name, col in (("height", sizes[:, 0]), ("width", sizes[:, 1]))}
 
 
 def beton_path(directory: str | Path, split: str, *, meta: DatasetMeta | None = None) -> Path:
@@ -264,6 +307,14 @@ def _check_structure(path: str, stamp: tuple[int, ...], info: SplitInfo, num_cla
                                     or np.any(images["width"] != image_shape[1])):
         raise UserError(f"{path} holds images that are not {image_shape[0]}x{image_shape[1]} as meta.json "
                         f"says: {rerun}")
+    ranges = info.size_ranges
+    if ranges is not None and len(rows):
+        found = size_ranges(np.stack([images["height"], images["width"]], 1))
+        if any(found[k][0::2] != list(ranges[k])[0::2] for k in ("height", "width")):
+            raise UserError(f"{path} holds images of {found['height'][0]}..{found['height'][2]} x "
+                            f"{found['width'][0]}..{found['width'][2]} pixels, meta.json records "
+                            f"{ranges['height'][0]}..{ranges['height'][2]} x {ranges['width'][0]}..{ranges['width'][2]}: "
+                            f"{rerun}")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise UserError(f"{path} has labels {labels.min()}..{labels.max()}, but meta.json lists {num_classes} "
                         f"classes: {rerun}")
@@ -318,8 +369,8 @@ def _read_split(directory: str | Path, split: str, num_workers: int | None,
 
     meta = DatasetMeta.load(directory) if meta is None else meta
     if meta.image_shape is None:
-        raise UserError(f"{directory} holds images of different sizes; read_split needs one size: "
-                        "reconvert with --max-side or read it with a resizing loader")
+        raise UserError(f"{directory} holds images of different sizes, which read_split cannot hold in one "
+                        "array: stream it with fasttarget.loader.build_loader, which crops them as it decodes")
     path = check_split(directory, split, meta=meta)
     n = meta.count(split)
     # Filled completely: check_split made sure the index field numbers exactly these n rows.
@@ -352,10 +403,27 @@ def read_labels(directory: str | Path, split: str, *, meta: DatasetMeta | None =
     return np.array(Reader(str(path)).metadata["f1"], dtype=np.int64)
 
 
+def read_image_sizes(directory: str | Path, split: str, *, meta: DatasetMeta | None = None) -> np.ndarray:
+    """The stored ``(height, width)`` of every image of ``split`` in index order, int64 ``[N, 2]``,
+    read from the beton's metadata (no decoding), after :func:`check_split`.
+
+    The loader draws the crop boxes of variable-size data from these sizes.
+    """
+    path = check_split(directory, split, meta=meta)
+    with kept_threads():
+        from fasttarget.decode import stored_sizes
+
+    return stored_sizes(path)
+
+
 def describe(meta: DatasetMeta) -> str:
     """A human-readable summary of a dataset's meta, several lines."""
-    shape = "x".join(map(str, meta.image_shape)) if meta.image_shape else "variable"
-    quality = f" (quality {meta.jpeg_quality})" if meta.encoding == "jpg" else ""
+    shape = "x".join(map(str, meta.image_shape)) if meta.image_shape else "variable size"
+    quality = f" (quality {meta.jpeg_quality})" if meta.jpeg_quality is not None else ""
+    if meta.compress_probability is not None:
+        quality += f", {meta.compress_probability:.0%} of them JPEG"
+    if meta.max_side is not None:
+        quality += f", longer side at most {meta.max_side}"
     lines = [
         f"dataset     {meta.dataset} ({meta.num_classes} classes: {', '.join(meta.classes[:5])}"
         f"{', ...' if meta.num_classes > 5 else ''})",
@@ -365,7 +433,10 @@ def describe(meta: DatasetMeta) -> str:
         lo, hi = min(info.class_counts), max(info.class_counts)
         per_class = f"{lo}" if lo == hi else f"{lo}..{hi}"
         skipped = f", {info.skipped} unreadable skipped" if info.skipped else ""
-        lines.append(f"{split:<11} {info.count} samples ({per_class} per class){skipped}")
+        ranges = info.size_ranges
+        sizes = "" if ranges is None else (f", {ranges['height'][0]}..{ranges['height'][2]} x "
+                                          f"{ranges['width'][0]}..{ranges['width'][2]} px")
+        lines.append(f"{split:<11} {info.count} samples ({per_class} per class){sizes}{skipped}")
     lines += [
         f"mean / std  {', '.join(f'{m:.4f}' for m in meta.mean)} / {', '.join(f'{s:.4f}' for s in meta.std)}",
         f"fingerprint {meta.fingerprint[:16]}",

@@ -88,7 +88,8 @@ def convert_step(cfg: DemoConfig, state: DemoState, echo: Echo) -> None:
     if (data_dir / META_FILE).is_file() and not cfg.force:
         old = DatasetMeta.load(data_dir)
         found = open_source("cifar10", source)
-        settings = pixel_settings(old.encoding, old.jpeg_quality, old.source.get("max_side"), old.mean, old.std)
+        settings = pixel_settings(old.encoding, old.jpeg_quality, old.max_side, old.mean, old.std,
+                                  old.compress_probability)
         if old.fingerprint == fingerprint({"train": found.train, "test": found.test}, settings):
             echo(f"convert: {data_dir} already holds {source}, reusing it (--force redoes it)")
             state.data_dir, state.meta = data_dir, old

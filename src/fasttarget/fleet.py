@@ -267,9 +267,10 @@ def _train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
     last = {i: start_run(runs[i], start_step, 0) for i in live}
 
     subset = training_subset(base.ipc, base.fraction, base.subset_seed)
-    loader = build_loader(train_loader_config(base.data, base.batch_size, base.aug, base.seed, device, subset),
+    loader = build_loader(train_loader_config(base.data, base.batch_size, base.aug, base.seed, device, subset, base.res,
+                                              base.stream),
                           targets=FleetTargets([run.targets for run in runs]))
-    test_loader = build_loader(eval_loader_config(base.data, device))
+    test_loader = build_loader(eval_loader_config(base.data, device, res=base.res))
 
     started = time.perf_counter() - wall_before
     throughput = Throughput(device)

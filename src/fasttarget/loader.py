@@ -9,7 +9,18 @@ One API, two backends behind it:
   ``memory_budget_bytes`` (CIFAR, Tiny-ImageNet).
 - **ffcv** (:class:`FfcvLoader`): streams the beton with ``ffcv.loader.Loader`` (numba-compiled
   decode, ``os_cache``) and copies each uint8 batch to the device without blocking. For data
-  larger than memory (ImageNet).
+  larger than memory, and for variable-size data (ImageNet).
+
+Variable-size data (images of their own sizes, ``meta.image_shape`` is ``None``) is cut to
+``res x res`` as it is decoded: every crop box is drawn here, before decoding, from each
+sample's stored size (read from the beton's metadata) and the batch's seeded generator, and
+the decoder (:class:`fasttarget.decode.PlannedCropDecoder`) cuts and resizes those boxes. An
+augmentation with a crop (``crop``, ``stdaug``) draws a RandomResizedCrop per sample; one
+without takes the center crop of the test view (:func:`fasttarget.augment.center_crop_boxes`).
+The boxes go into the batch's record (``record.params["rrc.boxes"]`` or ``["center.boxes"]``,
+int32 ``(x0, y0, w, h)``), and the rest of the augmentation (flip, color, grayscale, mixes) runs
+batched on the device as for fixed-size data; :meth:`FfcvLoader.decode_views` decodes a
+record's boxes again.
 
 Both walk the same epoch plan (:func:`epoch_rows`), so with one seed they yield the same
 sample indices in the same batches, and share one tail: uint8 → float in ``[0,1]``,
@@ -17,7 +28,8 @@ augmentation (:mod:`fasttarget.augment`), normalization by the dataset's mean/st
 ``channels_last``, and the optional target provider.
 
 Randomness: the order of epoch ``e`` comes from ``(seed, e)``; the augmentation generator of
-batch ``k`` of epoch ``e`` is seeded from ``(seed, e, k)``. A batch can therefore be
+batch ``k`` of epoch ``e`` is seeded from ``(seed, e, k)``, and so is its decode-time crop
+generator (another stream). A batch can therefore be
 recomputed alone, and :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch without
 computing the skipped batches.
 
@@ -51,9 +63,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fasttarget.augment import AugmentConfig, AugRecord, build_augment
-from fasttarget.dataset import DatasetMeta, check_split, read_labels, read_split
+from fasttarget.augment import AugmentConfig, AugRecord, Augment, ResizedCrop, build_augment, center_crop_boxes
+from fasttarget.dataset import DatasetMeta, check_split, read_image_sizes, read_labels, read_split
 from fasttarget.errors import UserError
+from fasttarget.order import permuted, stream_batches, stream_rows
 from fasttarget.threads import kept_threads
 
 if TYPE_CHECKING:
@@ -63,9 +76,11 @@ BACKENDS = ("auto", "resident", "ffcv")
 # Tiny-ImageNet's train split (100k x 64 x 64 x 3 = 1.2 GB) fits, ImageNet's does not.
 DEFAULT_MEMORY_BUDGET = 4 * 2**30
 
-# First words of the seed sequences, so that order and augmentation streams never coincide.
-_ORDER_STREAM = 0x0D
+# First word of the augmentation's seed sequences (the order's is fasttarget.order.ORDER_STREAM).
 _AUGMENT_STREAM = 0xA6
+_CROP_STREAM = 0xC5
+#: The output side of variable-size data when ``LoaderConfig.res`` is not set.
+DEFAULT_RES = 224
 
 TargetFn = Callable[["Batch"], Tensor]
 
@@ -98,6 +113,12 @@ class LoaderConfig:
             deterministic per ``(seed, epoch)``, but not the order the resident backend walks.
         rank, world_size: this process's shard; both ``None`` takes them from an initialized
             ``torch.distributed`` process group, else a single process.
+        res: output side in pixels. Variable-size data is cut to ``res x res`` at decode time
+            (default :data:`DEFAULT_RES`); fixed-size data is delivered at its own size, which
+            ``res`` may only repeat.
+        stream: cut batches from a stream of per-epoch permutations (:mod:`fasttarget.order`),
+            across epoch boundaries, so a subset smaller than a batch still trains with the
+            full batch (the paper's batch 128 at IPC 10); a pass is then about one epoch.
     """
 
     data_dir: str | Path | None = None
@@ -116,6 +137,8 @@ class LoaderConfig:
     quasi_random: bool = False
     rank: int | None = None
     world_size: int | None = None
+    res: int | None = None
+    stream: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -130,8 +153,12 @@ class LoaderConfig:
             raise UserError("rank and world_size go together: pass both, or neither to use torch.distributed")
         if self.world_size is not None and not 0 <= self.rank < self.world_size:  # type: ignore[operator]
             raise UserError(f"rank={self.rank} is not in [0, world_size={self.world_size})")
+        if self.res is not None and not 8 <= self.res <= 4096:
+            raise UserError(f"res={self.res} is not an image side: pass e.g. 224 (between 8 and 4096)")
         if self.quasi_random and (self.backend == "resident" or not self.shuffle):
             raise UserError("quasi_random is a shuffled ffcv order: use it with backend 'ffcv' or 'auto' and shuffle=True")
+        if self.quasi_random and self.stream:
+            raise UserError("stream and quasi_random are two sample orders: pick one")
         build_augment(self.augment)  # raises UserError on an unknown name
 
     def shard(self) -> tuple[int, int]:
@@ -174,12 +201,15 @@ class RawBatch:
         labels: int64 ``[B]``.
         indices: int64 ``[B]`` row numbers in the split.
         number: the batch's position in its epoch (seeds its augmentation).
+        params: what was drawn before decoding (the crop boxes of variable-size data), keyed
+            as in :class:`~fasttarget.augment.AugRecord`; it joins the batch's record.
     """
 
     images: Tensor
     labels: Tensor
     indices: Tensor
     number: int
+    params: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 def seeded_generator(*words: int) -> torch.Generator:
@@ -199,7 +229,7 @@ def seeded_generator(*words: int) -> torch.Generator:
 
 def epoch_rows(
     pool: np.ndarray, *, seed: int, epoch: int, shuffle: bool, batch_size: int, drop_last: bool,
-    rank: int = 0, world_size: int = 1,
+    rank: int = 0, world_size: int = 1, stream: bool = False,
 ) -> np.ndarray:
     """The split rows one rank visits in one epoch, in order.
 
@@ -212,6 +242,9 @@ def epoch_rows(
 
     The plan is made on the host with numpy (a 50,000-row permutation takes a millisecond;
     torch's CPU index kernels were 10-20x slower on a 2-core machine).
+
+    With ``stream`` the epoch is pass ``epoch`` of :func:`fasttarget.order.stream_rows`
+    instead (batches cut across epoch boundaries; ``drop_last`` does not apply).
 
     Args:
         pool: int64 ``[M]`` the rows to draw from (the whole split, or a subset).
@@ -226,8 +259,10 @@ def epoch_rows(
         >>> sorted(np.concatenate(shards).tolist()) == list(range(10))
         True
     """
-    if shuffle:
-        pool = np.random.default_rng(np.random.SeedSequence([_ORDER_STREAM, seed, epoch])).permutation(pool)
+    if stream:
+        return stream_rows(pool, seed=seed, epoch=epoch, shuffle=shuffle, batch_size=batch_size, rank=rank,
+                           world_size=world_size)
+    pool = permuted(pool, seed=seed, epoch=epoch, shuffle=shuffle)
     if drop_last:
         per_rank = len(pool) // world_size
         shard = pool[: per_rank * world_size][rank::world_size]
@@ -287,6 +322,8 @@ class _Loader(abc.ABC):
 
     def __len__(self) -> int:
         n, b = self.num_samples, self.cfg.batch_size
+        if self.cfg.stream:
+            return stream_batches(len(self._pool), b, self.world_size)
         return n // b if self.cfg.drop_last else math.ceil(n / b)
 
     def set_epoch(self, epoch: int) -> None:
@@ -316,7 +353,7 @@ class _Loader(abc.ABC):
         """The split rows this rank visits in ``epoch``, in batch order."""
         cfg = self.cfg
         return epoch_rows(self._pool, seed=cfg.seed, epoch=epoch, shuffle=cfg.shuffle, batch_size=cfg.batch_size,
-                          drop_last=cfg.drop_last, rank=self.rank, world_size=self.world_size)
+                          drop_last=cfg.drop_last, rank=self.rank, world_size=self.world_size, stream=cfg.stream)
 
     @abc.abstractmethod
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
@@ -337,6 +374,7 @@ class _Loader(abc.ABC):
             # NHWC uint8 permuted to NCHW is already channels_last, and .float() keeps the strides.
             images = raw.images.permute(0, 3, 1, 2).float().div_(255)
             images, record = self.augment(images, seeded_generator(_AUGMENT_STREAM, self.cfg.seed, epoch, raw.number))
+            record.params.update({k: v.to(self.device) for k, v in raw.params.items()})
             images = ((images - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
             batch = Batch(images, raw.labels, raw.indices, record)
             if self.targets is not None:
@@ -442,7 +480,8 @@ class FfcvLoader(_Loader):
     """Streams a beton with ``ffcv.loader.Loader``; uint8 batches go to the device without blocking.
 
     ffcv walks this loader's own epoch plan (:func:`epoch_rows`), so the order, shards and
-    determinism are those of :class:`ResidentLoader`.
+    determinism are those of :class:`ResidentLoader`. Variable-size data is cut to
+    ``res x res`` at decode time along boxes this loader draws (see the module docstring).
     """
 
     def __init__(
@@ -460,12 +499,20 @@ class FfcvLoader(_Loader):
         from ffcv.loader import Loader
         from ffcv.transforms import ToTensor
 
-        if meta.image_shape is None:
-            raise UserError(f"{cfg.data_dir} holds images of different sizes, which the loader cannot batch: "
-                            "reconvert with --max-side")
         if pool is None:
             pool = np.arange(meta.count(cfg.split))
         super().__init__(cfg, pool=pool, mean=meta.mean, std=meta.std, targets=targets)
+        self.res = resolve_res(meta, cfg.res)
+        self._sizes: np.ndarray | None = None  # stored (height, width) per row, for variable-size data
+        decoder: Any = SimpleRGBImageDecoder()
+        if meta.image_shape is None:
+            from fasttarget.decode import PlannedCropDecoder
+
+            self._sizes = read_image_sizes(cfg.data_dir, cfg.split, meta=meta)
+            # The decoder reads each row's box from this table, filled for the coming epoch.
+            self._boxes = np.zeros((meta.count(cfg.split), 4), np.int32)
+            self._crop, self.augment = _decode_time_crop(self.augment)
+            decoder = self._decoder = PlannedCropDecoder(self._boxes, (self.res, self.res))
         if cfg.quasi_random and self.world_size > 1:
             raise UserError("ffcv's quasi_random order runs in one process only: drop quasi_random under torch.distributed")
         self._quasi: Any = None
@@ -479,7 +526,7 @@ class FfcvLoader(_Loader):
             indices=None if cfg.subset is None else pool,
             # The plan already drops the incomplete batch; ffcv must not cut it again.
             drop_last=False,
-            pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()], "label": [IntDecoder(), ToTensor()],
+            pipelines={"image": [decoder, ToTensor()], "label": [IntDecoder(), ToTensor()],
                        "index": [IntDecoder(), ToTensor()]},
         )
         self._fields = list(self._ffcv.pipeline_specs)
@@ -500,16 +547,70 @@ class FfcvLoader(_Loader):
         return order[: len(order) // b * b] if self.cfg.drop_last else order
 
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
-        self._order.plan = self.rows(epoch)[start * self.cfg.batch_size :]
+        rows = self.rows(epoch)
+        plans = self._plan_crops(rows, epoch, start) if self._sizes is not None else None
+        self._order.plan = rows[start * self.cfg.batch_size :]
         with kept_threads():
             epoch_iterator = iter(self._ffcv)
         try:
             for k, out in enumerate(epoch_iterator, start):
                 fields = dict(zip(self._fields, out))
+                if plans is not None:
+                    self._decoder.check()  # a sample that failed to decode came out black: say so
                 yield RawBatch(self._copy(fields["image"]), self._copy(fields["label"]).view(-1),
-                               self._copy(fields["index"]).view(-1), k)
+                               self._copy(fields["index"]).view(-1), k, {} if plans is None else plans[k - start])
         finally:
             epoch_iterator.close()
+
+    def _plan_crops(self, rows: np.ndarray, epoch: int, start: int) -> list[dict[str, Tensor]]:
+        """Draw the crop boxes of batches ``start…`` of ``epoch`` into the decoder's table; returns
+        each batch's record entries.
+
+        Batch ``k``'s boxes come from its own generator, seeded from ``(seed, epoch, k)``, so
+        they do not depend on where the pass started.
+        """
+        b, prefix = self.cfg.batch_size, "rrc" if self._crop is not None else "center"
+        batches = [rows[k * b : (k + 1) * b] for k in range(start, len(self))]
+        plans = []
+        for k, index in enumerate(batches, start):
+            sizes = torch.from_numpy(self._sizes[index])
+            if self._crop is None:
+                plan = {"boxes": center_crop_boxes(sizes)}
+            else:
+                plan = self._crop.plan(sizes, seeded_generator(_CROP_STREAM, self.cfg.seed, epoch, k))
+            self._boxes[index] = plan["boxes"].numpy()
+            plans.append(plan)
+        # A row drawn twice in one epoch (a wrapped shard) is decoded with the box written last: record that one.
+        for index, plan in zip(batches, plans):
+            plan["boxes"] = torch.from_numpy(self._boxes[index].copy())
+        return [{f"{prefix}.{key}": value for key, value in plan.items()} for plan in plans]
+
+    def decode_views(self, indices: Tensor, boxes: Tensor) -> Tensor:
+        """Decodes rows ``indices`` cut at ``boxes`` again: a batch's views from its record.
+
+        Args:
+            indices: int ``[B]`` rows of the split (``batch.indices``).
+            boxes: int ``[B, 4]`` ``(x0, y0, w, h)`` (``batch.record.params["rrc.boxes"]``).
+
+        Returns:
+            uint8 ``[B, res, res, 3]`` on the loader's device, as the batch was decoded.
+
+        Raises:
+            UserError: the loader's data has one image size (nothing is cut at decode time).
+        """
+        if self._sizes is None:
+            raise UserError("decode_views replays decode-time crops, which only variable-size data has")
+        rows = np.asarray(indices.cpu(), np.int64)
+        kept = self._boxes[rows].copy()
+        self._boxes[rows] = boxes.cpu().numpy()
+        self._order.plan = rows
+        try:
+            with kept_threads():
+                views = torch.cat([self._copy(dict(zip(self._fields, out))["image"]) for out in self._ffcv])
+            self._decoder.check()
+            return views
+        finally:
+            self._boxes[rows] = kept
 
     def _copy(self, t: Tensor) -> Tensor:
         # ffcv reuses its output buffers, so each batch is copied out before the next is decoded.
@@ -536,6 +637,29 @@ def _planned_order(plan: np.ndarray) -> Any:
             return self.plan
 
     return PlannedOrder()
+
+
+def _decode_time_crop(augment: Augment) -> tuple[ResizedCrop | None, Augment]:
+    """An augmentation's crop, cut at decode time, and the rest of it, run on the decoded batch."""
+    crop = next((op for op in augment.ops if isinstance(op, ResizedCrop)), None)
+    return crop, Augment(augment.config, tuple(op for op in augment.ops if op is not crop))
+
+
+def resolve_res(meta: DatasetMeta, res: int | None) -> int:
+    """The side of the images a loader over ``meta``'s data delivers (``LoaderConfig.res`` resolved).
+
+    Variable-size data: ``res``, by default :data:`DEFAULT_RES`. Fixed-size data: its own side.
+
+    Raises:
+        UserError: ``res`` asks fixed-size data for another size.
+    """
+    if meta.image_shape is None:
+        return res or DEFAULT_RES
+    height, width = meta.image_shape[:2]
+    if res is not None and (res, res) != (height, width):
+        raise UserError(f"--res {res} asks for {res}x{res} images, but this dataset's are all {height}x{width} "
+                        f"and are delivered at that size: drop --res (or reconvert the source without a fixed size)")
+    return height
 
 
 def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> np.ndarray:
@@ -586,10 +710,11 @@ def build_loader(cfg: LoaderConfig, targets: TargetFn | None = None) -> Resident
     # Before anything reads the split; the readers below find the file remembered as checked.
     check_split(cfg.data_dir, cfg.split, meta=meta)
     backend = choose_backend(cfg, meta)
+    resolve_res(meta, cfg.res)  # before anything is read
     if backend == "resident":
         if meta.image_shape is None:
             raise UserError(f"{cfg.data_dir} holds images of different sizes, which the resident backend "
-                            "cannot hold in one tensor: use backend='ffcv' after reconverting with --max-side")
+                            "cannot hold in one tensor: use backend='ffcv' (or 'auto'), which crops them as it decodes")
         images, labels = read_split(cfg.data_dir, cfg.split, num_workers=cfg.num_workers, meta=meta)
         return ResidentLoader.from_arrays(images, labels, cfg, mean=meta.mean, std=meta.std, targets=targets)
     pool = None if cfg.subset is None else _subset_rows(read_labels(cfg.data_dir, cfg.split, meta=meta), cfg.subset)
@@ -600,6 +725,7 @@ __all__ = [
     "BACKENDS",
     "Batch",
     "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_RES",
     "FfcvLoader",
     "LoaderConfig",
     "RawBatch",
@@ -608,5 +734,6 @@ __all__ = [
     "choose_backend",
     "decoded_bytes",
     "epoch_rows",
+    "resolve_res",
     "seeded_generator",
 ]

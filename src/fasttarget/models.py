@@ -6,11 +6,17 @@ backbone (see :mod:`fasttarget.losses`).
 
 Architectures:
 
-- ``resnet18``: the paper's CIFAR variant (3×3 stride-1 stem, no max-pool) built from
-  torchvision's ``BasicBlock``; ``width`` multiplies the base width 64 (0.25 → 16).
-- ``resnet50``: torchvision's ImageNet ResNet-50 (``width`` scales every stage too).
-- ``vit_s``: a ViT-S/16 (ViT-S/4 below 64 px) from torchvision's ``VisionTransformer``;
-  ``width`` scales the embedding dimension.
+- ``resnet18``: torchvision's ``BasicBlock`` ResNet-18; ``width`` multiplies the base width 64
+  (0.25 → 16).
+- ``resnet50``: torchvision's ``Bottleneck`` ResNet-50 (``width`` scales every stage too).
+- ``vit_s``: a ViT-S/16 (patch 16, dim 384, depth 12, 6 heads; ViT-S/4 below 64 px) from
+  torchvision's ``VisionTransformer``; ``width`` scales the embedding dimension (in multiples
+  of the 6 heads).
+
+Both ResNets take the stem from the resolution (:func:`imagenet_stem`): at ``image_size`` ≤ 64
+the paper's CIFAR stem (3×3 stride-1 conv, no max-pool, so 32–64 px inputs keep their
+resolution), above it the ImageNet stem (7×7 stride-2 conv + 3×3 stride-2 max-pool). Models run
+``channels_last`` except where :func:`memory_format` says that crashes.
 
 Example:
     >>> import torch
@@ -22,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +52,8 @@ class ModelConfig:
         arch: one of :data:`ARCHS`.
         width: multiplier of the architecture's base width (1.0 = the paper's model).
         num_classes: size of the classifier heads.
-        image_size: input side in pixels (ViT patching depends on it).
+        image_size: input side in pixels, the loader's output resolution (``--res``); it picks
+            the ResNet stem (:func:`imagenet_stem`) and the ViT patch size.
     """
 
     arch: str = "resnet18"
@@ -60,6 +68,22 @@ class ModelConfig:
             raise UserError(f"--width must be in (0, 8], got {self.width}")
         if self.num_classes < 2:
             raise UserError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.image_size < 8:
+            raise UserError(f"--res must be at least 8 pixels, got {self.image_size}")
+
+
+# Above this side the ResNets switch from the CIFAR stem to the ImageNet one.
+CIFAR_STEM_MAX_SIZE = 64
+
+
+def imagenet_stem(cfg: ModelConfig) -> bool:
+    """Whether a ResNet of ``cfg`` gets the ImageNet stem (7×7/2 conv + max-pool): above 64 px.
+
+    Example:
+        >>> imagenet_stem(ModelConfig(image_size=64)), imagenet_stem(ModelConfig(image_size=224))
+        (False, True)
+    """
+    return cfg.image_size > CIFAR_STEM_MAX_SIZE
 
 
 def _scaled(channels: int, width: float) -> int:
@@ -136,12 +160,69 @@ class ViTBackbone(nn.Module):
         return self.vit(x)
 
 
+# oneDNN's CPU channels_last convolutions (torch 2.14) crash narrow networks: below this many
+# channels at any size (a segfault or a hang at width 0.0625), and below CPU_SAFE_CHANNELS at
+# CPU_SAFE_MIN_SIZE px and above (ResNet-18 width 0.125 on 64 px images, reproduced in plain torch).
+CPU_MIN_CHANNELS = 8
+CPU_SAFE_CHANNELS = 16
+CPU_SAFE_MIN_SIZE = 64
+
+
+def memory_format(net: nn.Module, device: torch.device | str, image_size: int) -> torch.memory_format:
+    """The memory format ``net`` runs in on ``device`` for ``image_size`` inputs.
+
+    ``channels_last`` (faster convolutions on CPU and GPU), except on CPU for a network whose
+    narrowest convolution has fewer than :data:`CPU_SAFE_CHANNELS` channels and inputs of
+    :data:`CPU_SAFE_MIN_SIZE` px or more: torch 2.14's channels_last kernels can segfault there
+    without a message, so it falls back to contiguous memory, with a one-line warning.
+
+    Raises:
+        UserError: on CPU, a convolution narrower than :data:`CPU_MIN_CHANNELS` channels,
+            which crashes in either layout.
+
+    Example:
+        >>> net = build_classifier(ModelConfig(width=0.25))
+        >>> memory_format(net, "cpu", 32) == torch.channels_last
+        True
+    """
+    narrowest = min((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=CPU_SAFE_CHANNELS)
+    if torch.device(device).type != "cpu":
+        return torch.channels_last
+    if narrowest < CPU_MIN_CHANNELS:
+        raise UserError(f"--width gives convolutions of {narrowest} channels, which crash channels_last "
+                        "training on CPU: use --width 0.125 or more")
+    if narrowest < CPU_SAFE_CHANNELS and image_size >= CPU_SAFE_MIN_SIZE:
+        warnings.warn(f"convolutions of {narrowest} channels on {image_size} px inputs crash channels_last on CPU "
+                      "(torch 2.14): running in contiguous memory, slower (--width 0.25 or more avoids it)",
+                      RuntimeWarning, stacklevel=2)
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def place(net: nn.Module, device: torch.device | str, image_size: int) -> nn.Module:
+    """Move ``net`` to ``device`` in its :func:`memory_format`; returns ``net``.
+
+    Where that is contiguous, a forward pre-hook also makes the input contiguous: the loader
+    hands over channels_last batches, and one channels_last operand is enough for torch to pick
+    the channels_last kernels again.
+    """
+    layout = memory_format(net, device, image_size)
+    net = net.to(device=device, memory_format=layout)
+    if layout == torch.contiguous_format:
+        net.register_forward_pre_hook(_contiguous_input)
+    return net
+
+
+def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (args[0].contiguous(), *args[1:])
+
+
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """Build the backbone φ; the returned module has a ``feature_dim`` attribute."""
     if cfg.arch == "resnet18":
-        return ResNetBackbone(BasicBlock, [2, 2, 2, 2], cfg.width, cifar_stem=True)
+        return ResNetBackbone(BasicBlock, [2, 2, 2, 2], cfg.width, cifar_stem=not imagenet_stem(cfg))
     if cfg.arch == "resnet50":
-        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], cfg.width, cifar_stem=cfg.image_size <= 64)
+        return ResNetBackbone(Bottleneck, [3, 4, 6, 3], cfg.width, cifar_stem=not imagenet_stem(cfg))
     return ViTBackbone(cfg.image_size, cfg.width)
 
 

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from fasttarget.results import CSV_FILE, EvalRow, ResultsIndex, RunRow
+from fasttarget.results import CSV_FILE, INDEX_FILE, META_FILE, EvalRow, ResultsIndex, RunRow, read_csv
 
 LOWESS_FRAC = 0.1  # the paper's: 10 % of the points in each local regression
 MAX_TABLE_ROWS = 12
@@ -80,19 +82,38 @@ class Results:
     """
 
     def __init__(self, runs: Iterable[RunRow], evals: dict[str, list[EvalRow]], budgets: Sequence[int] = (),
-                 dataset_ipc: int | None = None, name: str = "sweep"):
+                 dataset_ipc: int | None = None, name: str = "sweep", class_counts: Sequence[int] | None = None,
+                 batch_size: int | None = None):
+        runs = list(runs)
         self.runs = [r for r in runs if r.status == "done"]
+        self.failed = [r for r in runs if r.status == "failed"]
+        self.statuses = dict(Counter(r.status for r in runs))
         self.evals = {rid: {e.step: e.test_acc_h for e in ev} for rid, ev in evals.items()}
+        self.images = {rid: {e.step: e.images_seen for e in ev if e.images_seen} for rid, ev in evals.items()}
         self.budgets = tuple(sorted(budgets))
-        self.dataset_ipc = dataset_ipc
+        self.dataset_ipc = dataset_ipc if dataset_ipc is not None else (min(class_counts) if class_counts else None)
         self.name = name
+        self.class_counts = tuple(class_counts) if class_counts else None
+        self.batch_size = batch_size
 
     @classmethod
-    def load(cls, directory: Path) -> tuple[Results, ResultsIndex]:
-        index = ResultsIndex.open_existing(directory)
-        config = index.meta("config", {}) or {}
-        return cls(index.runs(), index.all_evals(), index.meta("budgets", []), index.meta("dataset_ipc"),
-                   config.get("name", Path(directory).name)), index
+    def load(cls, directory: Path) -> Results:
+        """The results of a sweep directory: its ``results.sqlite``, else the committed
+        ``results.csv`` and ``meta.json`` that :func:`write_report` exports next to it."""
+        directory = Path(directory)
+        if (directory / INDEX_FILE).is_file() or not (directory / CSV_FILE).is_file():
+            index = ResultsIndex.open_existing(directory)
+            try:
+                runs, evals, meta = index.runs(), index.all_evals(), index.all_meta()
+            finally:
+                index.close()
+        else:
+            runs, evals = read_csv(directory / CSV_FILE)
+            meta_file = directory / META_FILE
+            meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        config = meta.get("config") or {}
+        return cls(runs, evals, meta.get("budgets") or [], meta.get("dataset_ipc"),
+                   config.get("name", directory.name), meta.get("class_counts"), config.get("batch_size"))
 
     # -- selection
 
@@ -136,14 +157,50 @@ class Results:
             acc = run.final_acc
         return acc
 
-    def stat(self, runs: list[RunRow], step: int) -> Stat | None:
-        """Accuracy at ``step`` over seeds (per seed, the shortest run reaching ``step``)."""
+    def per_seed(self, runs: list[RunRow], step: int | None) -> dict[int, float]:
+        """Accuracy at ``step`` by seed (per seed, the shortest run reaching ``step``), seeds sorted."""
         per_seed: dict[int, tuple[int, float]] = {}
         for r in runs:
-            acc = self.acc_at(r, step)
+            acc = None if step is None else self.acc_at(r, step)
             if acc is not None and (r.seed not in per_seed or r.steps < per_seed[r.seed][0]):
                 per_seed[r.seed] = (r.steps, acc)
-        return Stat.of([a for _, a in per_seed.values()]) if per_seed else None
+        return {s: per_seed[s][1] for s in sorted(per_seed)}
+
+    def stat(self, runs: list[RunRow], step: int) -> Stat | None:
+        """Accuracy at ``step`` over seeds (per seed, the shortest run reaching ``step``)."""
+        accs = self.per_seed(runs, step)
+        return Stat.of(list(accs.values())) if accs else None
+
+    def subset_images(self, ipc: int | None, fraction: float | None) -> int | None:
+        """Training images of a subset, when the split's class counts are known."""
+        if not self.class_counts:
+            return None
+        if ipc is not None:
+            return sum(min(ipc, c) for c in self.class_counts)
+        return sum(int(fraction * c) for c in self.class_counts) if fraction is not None else sum(self.class_counts)
+
+    def epochs(self, run: RunRow, step: int) -> float | None:
+        """Passes over the run's training subset by ``step``: the images it has seen (or step ×
+        the sweep's batch, capped at the subset as older sweeps did), over the subset's size."""
+        size = self.subset_images(run.ipc, run.fraction)
+        seen = self.images.get(run.run_id, {}).get(step)
+        if seen is None and self.batch_size and size:
+            seen = step * min(self.batch_size, size)
+        return seen / size if seen and size else None
+
+    def epochs_per_step(self, runs: list[RunRow]) -> float | None:
+        """Epochs of the runs' subset per training step (the first run that knows it)."""
+        for r in runs:
+            steps = sorted(self.evals.get(r.run_id, {})) or [r.steps]
+            ep = self.epochs(r, steps[-1])
+            if ep is not None:
+                return ep / steps[-1]
+        return None
+
+    def when(self, runs: list[RunRow], step: int) -> str:
+        """``step 200 = 0.51 epochs`` (the epoch part when it is known)."""
+        ep = next((e for e in (self.epochs(r, step) for r in runs) if e is not None), None)
+        return f"step {step}" + ("" if ep is None else f" = {ep:.3g} epochs of {subset_name(runs[0].ipc, runs[0].fraction)}")
 
     def steps_of(self, runs: list[RunRow]) -> list[int]:
         """Evaluation steps present in at least one of ``runs``."""
@@ -389,17 +446,50 @@ def _colors(n: int, cmap: str) -> list:
     return [m(0.35 + 0.6 * i / max(1, n - 1)) for i in range(n)]
 
 
-def _plot_smoothed(ax, res: Results, runs: list[RunRow], label: str, color, style: str = "-") -> None:
-    x, y = res.points(runs)
-    if x.size == 0:
+SMOOTH_FROM_STEPS = 20  # below this many evaluations a LOWESS line through them only hides the data
+
+
+def _plot_band(ax, res: Results, runs: list[RunRow], label: str, color, style: str = "-") -> None:
+    """Mean over seeds at each evaluation with a ±1 sd seed band; with many evaluations the
+    line is the paper's LOWESS of every seed's points instead of the raw mean."""
+    steps = res.steps_of(runs)
+    stats = [(s, res.stat(runs, s)) for s in steps]
+    stats = [(s, st) for s, st in stats if st is not None]
+    if not stats:
         return
-    ax.scatter(x, y * 100, s=10, color=color, alpha=0.3, linewidths=0)
-    xs, ys = lowess_curve(x, y)
-    ax.plot(xs, ys * 100, style, color=color, label=label, lw=1.8)
+    xs = np.array([s for s, _ in stats], dtype=float)
+    mean = np.array([st.mean for _, st in stats]) * 100
+    sd = np.array([st.std for _, st in stats]) * 100
+    ax.fill_between(xs, mean - sd, mean + sd, color=color, alpha=0.15, linewidth=0)
+    if len(xs) >= SMOOTH_FROM_STEPS:
+        x, y = res.points(runs)
+        xs, ys = lowess_curve(x, y)
+        ax.plot(xs, ys * 100, style, color=color, label=label, lw=1.8)
+    else:
+        ax.plot(xs, mean, style, color=color, label=label, lw=1.8, marker=".", ms=4)
+
+
+def _epoch_axis(ax, res: Results, runs: list[RunRow], where: str = "top") -> None:
+    """A second x axis in epochs of the runs' training subset (when its size is known)."""
+    per_step = res.epochs_per_step(runs)
+    if per_step:
+        sec = ax.secondary_xaxis(where, functions=(lambda x: x * per_step, lambda e: e / per_step))
+        sec.set_xlabel(f"Epochs of {subset_name(runs[0].ipc, runs[0].fraction)}", fontsize=8)
+
+
+def _teacher_lines(ax, res: Results, runs: list[RunRow], colors: dict) -> None:
+    """Each teacher's own measured accuracy, dotted in its students' colour."""
+    for t, color in colors.items():
+        acc = res.measured(runs, t)
+        if acc:
+            ax.axhline(acc * 100, color=color, ls=":", lw=1)
+            ax.annotate(f"teacher {acc:.1%}", (1.0, acc * 100), xycoords=("axes fraction", "data"), fontsize=7,
+                        color=color, ha="right", va="bottom")
 
 
 def fig_acc_vs_step(res: Results):
-    """Accuracy vs step: A against B per teacher (Figure 3) and B against C (Figure 4)."""
+    """Accuracy vs step: A, B and C per teacher in one panel (Figures 3 and 4), seed bands,
+    each teacher's own accuracy as a reference line, epochs on the top axis."""
     import matplotlib.pyplot as plt
 
     soft = res.select(strategy="B") + res.select(strategy="C")
@@ -408,25 +498,25 @@ def fig_acc_vs_step(res: Results):
     ctx = res.pick_context(soft + res.select(strategy="A"), lambda rs: len({(r.strategy, r.teacher_acc) for r in rs}))
     runs = res.select(soft, **ctx)
     ref = res.select(res.select(strategy="A"), **ctx)
-    strategies = [s for s in ("B", "C") if res.select(runs, strategy=s)]
-    panels = [("A vs " + strategies[0], [strategies[0]])] + ([("B vs C", ["B", "C"])] if len(strategies) == 2 else [])
     teachers = res.teachers(runs)
     colors = dict(zip(teachers, _colors(len(teachers), "viridis")))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.6), squeeze=False)
-    for ax, (name, shown) in zip(axes[0], panels):
-        if name.startswith("A") and ref:
-            _plot_smoothed(ax, res, ref, "A (one-hot)", "crimson")
-        for s in shown:
-            for t in teachers:
-                sel = res.select(runs, strategy=s, teacher_acc=t)
-                _plot_smoothed(ax, res, sel, f"{s}, teacher {teacher_label(t)}", colors[t], "-" if s == "B" else "--")
-        ax.set_title(name)
-        ax.set_xlabel("Training step")
-        ax.set_ylabel("Student top-1 accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{res.name}: {describe_context(ctx)}\nlines: LOWESS over seeds; dots: raw evaluations",
-                 fontsize=10)
+    fig, ax = plt.subplots(figsize=(7.4, 5.0))
+    if ref:
+        _plot_band(ax, res, ref, "A (one-hot)", "crimson")
+    for s, style in (("B", "-"), ("C", "--")):
+        for t in teachers:
+            sel = res.select(runs, strategy=s, teacher_acc=t)
+            if sel:
+                _plot_band(ax, res, sel, f"{s}, teacher {teacher_label(t)}", colors[t], style)
+    _teacher_lines(ax, res, runs, colors)
+    _epoch_axis(ax, res, runs + ref)
+    ax.set_xlabel("Training step")
+    ax.set_ylabel("Student top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    seeds = _seeds_note(res.stat(g, res.steps_of(g)[-1]) for g in [ref] + [runs] if g and res.steps_of(g))
+    fig.suptitle(f"{res.name}: {describe_context(ctx)}; {seeds}\nlines: mean over seeds; bands: ±1 sd; "
+                 "dotted: the teacher's own accuracy", fontsize=9)
     fig.tight_layout()
     return fig, ctx
 
@@ -452,9 +542,18 @@ def _scaling_lines(res: Results, runs: list[RunRow], step: int) -> tuple[list[fl
     return xs, stats
 
 
-def _scaling_ax(ax, title: str) -> None:
+def _scaling_ax(ax, title: str, res: Results | None = None, runs: list[RunRow] = (), step: int | None = None) -> None:
     ax.set_xscale("log")
-    ax.set_xlabel("Images per class (log scale)")
+    ax.set_xlabel("Images per class (log scale)" + ("; epochs at the step budget below each" if runs else ""))
+    if res is not None and step is not None:
+        ticks = []
+        for ipc, frac in _ipc_axis(res, list(runs)):
+            run = res.select(runs, ipc=ipc, fraction=frac)[0]
+            ep = res.epochs(run, step)
+            ticks.append((res.size(ipc, frac), f"{res.size(ipc, frac):g}" + ("" if ep is None else f"\n{ep:.3g} ep")))
+        if ticks:
+            ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=7)
+            ax.minorticks_off()
     ax.set_ylabel("Student top-1 accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
@@ -485,7 +584,7 @@ def fig_acc_vs_ipc(res: Results):
             xs, stats = _scaling_lines(res, res.select(sel, teacher_acc=t), step)
             ax.errorbar(xs, [v.mean * 100 for v in stats], [v.std * 100 for v in stats], color=color,
                         marker=marker, capsize=3, label=f"{s}, teacher {teacher_label(t)}")
-    _scaling_ax(ax, f"{res.name}: accuracy vs IPC at step {step}\n{describe_context(ctx)}")
+    _scaling_ax(ax, f"{res.name}: accuracy vs IPC at step {step}\n{describe_context(ctx)}", res, runs, step)
     fig.tight_layout()
     return fig, ctx
 
@@ -513,7 +612,7 @@ def fig_aug_scaling(res: Results):
             if xs:
                 ax.errorbar(xs, [v.mean * 100 for v in stats], [v.std * 100 for v in stats], marker="o",
                             capsize=3, color=colors[aug], label=f"student {aug}")
-        _scaling_ax(ax, f"Strategy {s}" + ("" if s == "A" else f" (teacher {teacher_label(top)})"))
+        _scaling_ax(ax, f"Strategy {s}" + ("" if s == "A" else f" (teacher {teacher_label(top)})"), res, sel, step)
     fig.suptitle(f"{res.name}: augmentation × strategy scaling at step {step}", fontsize=10)
     fig.tight_layout()
     return fig, ctx
@@ -524,7 +623,8 @@ def budget_matched(res: Results) -> dict[str, Any] | None:
 
     The one-hot side is Strategy A on the largest subset; the soft side is B and C with
     the strongest teacher on the subset closest to a tenth of it (log distance), both in
-    one student augmentation, compared at every budget both reached.
+    one student augmentation, compared at every budget both reached. Strategy A on the
+    small subset (``A_small``) is the control: what the small subset gives without soft targets.
     """
     ones = res.select(strategy="A")
     if not ones:
@@ -541,7 +641,7 @@ def budget_matched(res: Results) -> dict[str, Any] | None:
     a_runs = res.select(ones, ipc=big[0], fraction=big[1], student_aug=ctx["student_aug"])
     soft = res.select(soft, ipc=small[0], fraction=small[1], **ctx)
     top = res.teachers(soft)[-1]
-    bars = {"A": a_runs}
+    bars = {"A": a_runs, "A_small": res.select(ones, ipc=small[0], fraction=small[1], student_aug=ctx["student_aug"])}
     bars.update({s: res.select(soft, strategy=s, teacher_acc=top) for s in ("B", "C")})
     bars = {k: v for k, v in bars.items() if v}
     steps = [s for s in _budget_steps(res, sum(bars.values(), []))
@@ -568,8 +668,9 @@ def fig_budget_matched(res: Results):
         return None, None
     steps, values = data["steps"], data["values"]
     big, small = (subset_name(*sub) + _share(res, sub) for sub in (data["big"], data["small"]))
-    labels = {"A": f"one-hot (A) on {big}", "B": f"soft (B) on {small}", "C": f"soft (C) on {small}"}
-    colors = {"A": "crimson", "B": "tab:blue", "C": "tab:orange"}
+    labels = {"A": f"one-hot (A) on {big}", "A_small": f"one-hot (A) on {small} (control)",
+              "B": f"soft (B) on {small}", "C": f"soft (C) on {small}"}
+    colors = {"A": "crimson", "A_small": "lightcoral", "B": "tab:blue", "C": "tab:orange"}
     fig, ax = plt.subplots(figsize=(max(6.4, 1.8 * len(steps) + 2), 4.6))
     width = 0.8 / len(values)
     for i, (k, stats) in enumerate(values.items()):
@@ -577,7 +678,11 @@ def fig_budget_matched(res: Results):
         bars = ax.bar(pos, [s.mean * 100 for s in stats], width, yerr=[s.std * 100 for s in stats], capsize=3,
                       color=colors[k], label=labels[k])
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    ax.set_xticks(np.arange(len(steps)), [f"{s} steps" for s in steps])
+    subsets = {"big": data["big"], "small": data["small"]}
+    per = {k: res.epochs_per_step(res.select(ipc=v[0], fraction=v[1])) for k, v in subsets.items()}
+    ax.set_xticks(np.arange(len(steps)), [f"{s} steps" + "".join(
+        f"\n{s * per[k]:.3g} ep of {subset_name(*subsets[k])}" for k in ("big", "small") if per[k]) for s in steps],
+        fontsize=8)
     ax.set_xlabel("Training budget (same number of steps for every bar)")
     ax.set_ylabel("Student top-1 accuracy (%)")
     ax.set_title(f"{res.name}: soft targets on less data vs one-hot on more\n"
@@ -602,6 +707,30 @@ FIGURES = {
 # -- the report -------------------------------------------------------------------------
 
 
+def wall_time(res: Results) -> tuple[float, float | None]:
+    """(seconds of student training summed over runs, hours from the first run's end to the
+    last's — the sweep's span, ``None`` when the runs carry no timestamps)."""
+    from datetime import datetime
+
+    total = sum(r.wall_s or 0.0 for r in res.runs)
+    stamps = sorted(datetime.fromisoformat(r.updated_at) for r in res.runs if r.updated_at)
+    span = (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else None
+    return total, span
+
+
+def closing_lines(res: Results, claims: list) -> list[str]:
+    """The six verdicts with their decisive intervals, and the time the runs took."""
+    from fasttarget.claims import summary
+
+    total, span = wall_time(res)
+    lines = [f"- ({c.key}) **{c.verdict}** {summary(c)}" + (f" ({c.pairs} seed pairs)" if c.pairs else "")
+             for c in claims]
+    lines.append(f"- Student training: {total / 3600:.2f} h summed over {len(res.runs)} runs"
+                 + ("" if span is None else f"; {span / 3600:.2f} h from the first run's end to the last's "
+                    "(ladders, caches and the first runs come before)") + ".")
+    return lines
+
+
 def write_report(directory: Path, out: Path | None = None) -> list[Path]:
     """Write ``report.md``, ``claims.md``, ``claims.json``, the figures and ``results.csv``.
 
@@ -619,16 +748,21 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
 
     from fasttarget.claims import check_claims, claims_markdown
 
+    directory = Path(directory)
     out = Path(out or directory)
     out.mkdir(parents=True, exist_ok=True)
-    res, index = Results.load(directory)
-    try:
-        counts = index.status_counts()
-        failed = index.runs(status="failed")
-        index.write_csv(out / CSV_FILE)
-    finally:
-        index.close()
-    written = [out / CSV_FILE]
+    res = Results.load(directory)
+    if (directory / INDEX_FILE).is_file():
+        index = ResultsIndex.open_existing(directory)
+        try:
+            index.write_csv(out / CSV_FILE)
+        finally:
+            index.close()
+    elif out.resolve() != directory.resolve():  # a report redone from the committed CSV
+        for name in (CSV_FILE, META_FILE):
+            if (directory / name).is_file():
+                shutil.copyfile(directory / name, out / name)
+    written = [out / CSV_FILE] if (directory / INDEX_FILE).is_file() or out.resolve() != directory.resolve() else []
 
     claims = check_claims(res)
     claims_md = claims_markdown(claims)
@@ -637,7 +771,7 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
     written += [out / "claims.md", out / "claims.json"]
 
     lines = [f"# Sweep report: {res.name}", "",
-             f"Runs: {', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}. "
+             f"Runs: {', '.join(f'{n} {s}' for s, n in sorted(res.statuses.items()))}. "
              f"Accuracies are the linear classifier h's top-1 on the test split, in %.", "",
              "## Claim check (the paper's findings a–f)", "", claims_md, ""]
     for section in table1(res) + [table2(res), table3(res), table4(res)]:
@@ -652,8 +786,10 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
         plt.close(fig)
         written.append(out / name)
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
-    if failed:
-        lines += ["## Failed runs", "", _md_table(["Run", "Error"], [[r.run_id, r.error or ""] for r in failed]), ""]
+    if res.failed:
+        lines += ["## Failed runs", "", _md_table(["Run", "Error"], [[r.run_id, r.error or ""] for r in res.failed]),
+                  ""]
+    lines += ["## Summary", "", *closing_lines(res, claims), ""]
     (out / "report.md").write_text("\n".join(lines))
     written.insert(0, out / "report.md")
     return written

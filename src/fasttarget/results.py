@@ -46,6 +46,7 @@ from fasttarget.errors import UserError
 
 INDEX_FILE = "results.sqlite"
 CSV_FILE = "results.csv"
+META_FILE = "meta.json"  # the index's meta table, exported next to results.csv so a report can be redone from both
 STATUSES = ("planned", "running", "done", "failed")
 
 
@@ -253,6 +254,10 @@ class ResultsIndex:
         found = cur.fetchone()
         return default if found is None else json.loads(found[0])
 
+    def all_meta(self) -> dict[str, Any]:
+        """Every meta key with its value."""
+        return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta ORDER BY key")}
+
     def runs(self, **where: Any) -> list[RunRow]:
         """Runs whose columns equal the given values (``None`` matches SQL NULL)."""
         clauses, params = [], []
@@ -300,18 +305,62 @@ class ResultsIndex:
         return dict(cur.fetchall())
 
     def write_csv(self, path: Path) -> None:
-        """Export one line per run: its columns plus ``eval_steps`` / ``eval_acc`` lists."""
+        """Export one line per run: its columns plus space-separated ``eval_steps`` /
+        ``eval_acc`` / ``eval_images`` (images seen by each evaluation), and ``meta.json``
+        (the meta table) beside it: together they are everything a report reads
+        (:func:`read_csv`)."""
         evals = self.all_evals()
         cols = _columns(RunRow)
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(cols + ["eval_steps", "eval_acc"])
+            writer.writerow(cols + list(EVAL_COLUMNS))
             for run in self.runs():
                 ev = evals.get(run.run_id, [])
                 writer.writerow(
                     [getattr(run, c) for c in cols]
-                    + [" ".join(str(e.step) for e in ev), " ".join(f"{e.test_acc_h:.4f}" for e in ev)]
+                    + [" ".join(str(e.step) for e in ev), " ".join(repr(e.test_acc_h) for e in ev),
+                       " ".join(str(e.images_seen or "") for e in ev) if all(e.images_seen for e in ev) else ""]
                 )
+        (Path(path).parent / META_FILE).write_text(json.dumps(self.all_meta(), indent=1) + "\n")
+
+
+EVAL_COLUMNS = ("eval_steps", "eval_acc", "eval_images")
+
+
+def _parse(annotation: str, text: str) -> Any:
+    if text == "":
+        return None
+    kind = _sql_type(annotation)
+    return int(text) if kind == "INTEGER" else float(text) if kind == "REAL" else text
+
+
+def read_csv(path: Path) -> tuple[list[RunRow], dict[str, list[EvalRow]]]:
+    """Runs and evaluations back from a ``results.csv`` (:meth:`ResultsIndex.write_csv`);
+    files written before ``eval_images`` existed read without it.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> db = ResultsIndex(d / "results.sqlite")
+        >>> db.upsert_run(RunRow(run_id="r", strategy="A", student_aug="stdaug", steps=10, eval_every=5,
+        ...                      seed=0, status="done", final_acc=0.25))
+        >>> db.replace_evals("r", [EvalRow("r", 5, 0.2, images_seen=640), EvalRow("r", 10, 0.25, images_seen=1280)])
+        >>> db.write_csv(d / "results.csv")
+        >>> runs, evals = read_csv(d / "results.csv")
+        >>> runs[0].final_acc, [(e.step, e.test_acc_h, e.images_seen) for e in evals["r"]]
+        (0.25, [(5, 0.2, 640), (10, 0.25, 1280)])
+    """
+    types = {f.name: str(f.type) for f in fields(RunRow)}
+    runs, evals = [], {}
+    with open(path, newline="") as fh:
+        for line in csv.DictReader(fh):
+            run = RunRow(**{k: _parse(t, line.get(k, "")) for k, t in types.items()})
+            runs.append(run)
+            steps, accs = line.get("eval_steps", "").split(), line.get("eval_acc", "").split()
+            images = line.get("eval_images", "").split() or [None] * len(steps)
+            evals[run.run_id] = [EvalRow(run.run_id, int(s), float(a), images_seen=None if i is None else int(i))
+                                 for s, a, i in zip(steps, accs, images)]
+    return runs, evals
 
 
 def _now() -> str:

@@ -10,7 +10,8 @@ tensor on the batch's device (rows sum to 1). The classifier head's hard labels 
   possibly mixed, images the student receives — one soft target per view.
 - **C** (:class:`CachedTargets`): ``softmax(teacher(original) / T)`` of the un-augmented sample,
   read from the logits cache by sample index (:mod:`fasttarget.cache`), then mixed with the
-  batch's λ and permutation — every view of a sample shares one target.
+  batch's λ and permutation — every view of a sample shares one target. From a top-k cache the
+  target is FKD's marginally smoothed top-k distribution (:func:`topk_probabilities`).
 
 The teacher is wrapped once by :class:`TeacherModel` (eval mode, no grad, its own input
 normalization, channels_last, and on CUDA bf16 autocast + optional ``torch.compile``), so
@@ -39,10 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fasttarget.errors import UserError
-from fasttarget.models import load_classifier
+from fasttarget.models import load_classifier, memory_format
 
 if TYPE_CHECKING:
-    from fasttarget.cache import TargetCache
+    from fasttarget.cache import CacheForm, TargetCache
     from fasttarget.dataset import DatasetMeta
     from fasttarget.loader import Batch
 
@@ -116,8 +117,11 @@ class TeacherModel:
         teacher_std: Sequence[float] | None = None,
         compile: bool = False,
     ):
-        self.net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.device = next(net.parameters()).device
+        config = getattr(net, "config", None)
+        # channels_last, or contiguous where that crashes on CPU (fasttarget.models.memory_format)
+        self._layout = memory_format(net, self.device, config.image_size if config is not None else 0)
+        self.net = net.eval().requires_grad_(False).to(memory_format=self._layout)
         self.num_classes = _num_classes(net)
         self._cuda = self.device.type == "cuda"
         self._scale, self._shift = _renormalization(
@@ -132,7 +136,7 @@ class TeacherModel:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self._scale is not None:
             images = torch.addcmul(self._shift, images, self._scale)
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=self._layout)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda):
             return self._forward(images).float()
 
@@ -187,6 +191,47 @@ class TeacherTargets:
         return torch.softmax(self.teacher(batch.images) / self.temperature, dim=1)
 
 
+def topk_probabilities(
+    values: torch.Tensor, classes: torch.Tensor, num_classes: int, temperature: float
+) -> torch.Tensor:
+    """A top-k cache's targets: FKD's marginal smoothing of the K kept logits.
+
+    A top-k row (:func:`fasttarget.cache.stored_rows`) holds the K largest teacher logits
+    ``z_1 … z_K`` of classes ``c_1 … c_K`` and the tail logit
+    ``r = T0·(log Σ_{j∉top-K} exp(z_j/T0) − log(C−K))`` computed at the build temperature T0.
+    At read temperature T, with ``m = max(z_1, r)`` (numerical stability only) and
+
+        ``Z = Σ_i exp((z_i − m)/T) + (C−K)·exp((r − m)/T)``,
+
+    the target is ``p[c_i] = exp((z_i − m)/T) / Z`` for the kept classes and
+    ``p[j] = exp((r − m)/T) / Z`` for each of the C−K others; rows sum to 1. At T = T0 the kept
+    probabilities are exactly the teacher's ``softmax(z/T0)`` of those classes and every other
+    class gets ``(1 − Σ_i p[c_i]) / (C−K)``: the remaining mass spread evenly, as FKD does. At
+    another T it is the softmax at T of the logits with every other class set to ``r``.
+
+    Args:
+        values: ``[B, K+1]`` the kept logits, then the tail logit (any float dtype).
+        classes: ``[B, K]`` their class indices (any integer dtype).
+        num_classes: C.
+        temperature: T.
+
+    Returns:
+        float32 ``[B, C]`` probabilities.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0, 0.0, 0.0]])  # top-1 and its tail logit at T0 = 1
+        >>> values = torch.tensor([[2.0, 0.0]])
+        >>> torch.allclose(topk_probabilities(values, torch.tensor([[0]]), 4, 1.0), torch.softmax(z, 1))
+        True
+    """
+    k = classes.shape[1]
+    scaled = values.float() / temperature
+    weights = (scaled - scaled.max(dim=1, keepdim=True).values).exp()
+    total = weights[:, :k].sum(dim=1, keepdim=True) + (num_classes - k) * weights[:, k:]
+    probs = (weights[:, k:] / total).expand(-1, num_classes).clone()
+    return probs.scatter_(1, classes.long(), weights[:, :k] / total)
+
+
 class CachedTargets:
     """Strategy C: the cached ``softmax(teacher(original) / T)`` of each sample, mixed like the views.
 
@@ -201,8 +246,14 @@ class CachedTargets:
         self.num_classes = cache.num_classes
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        logits = self.cache.gather(batch.indices, batch.images.device)
-        return batch.record.mix(torch.softmax(logits.float() / self.temperature, dim=1))
+        device = batch.images.device
+        logits = self.cache.gather(batch.indices, device)
+        if self.cache.form.top_k is None:
+            probs = torch.softmax(logits.float() / self.temperature, dim=1)
+        else:
+            classes = self.cache.gather_classes(batch.indices, device)
+            probs = topk_probabilities(logits, classes, self.num_classes, self.temperature)
+        return batch.record.mix(probs)
 
 
 @dataclass(frozen=True)
@@ -216,6 +267,8 @@ class TargetConfig:
             cache must have been built from exactly this file (checked by SHA-256).
         cache: the logits cache written by ``fasttarget cache build``; required for C.
         compile: ``torch.compile`` the teacher (B on CUDA only).
+        cache_form: the :class:`~fasttarget.cache.CacheForm` the cache must hold (C); ``None``
+            takes either form.
     """
 
     strategy: str = "A"
@@ -223,6 +276,7 @@ class TargetConfig:
     teacher: Path | None = None
     cache: Path | None = None
     compile: bool = False
+    cache_form: CacheForm | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -258,6 +312,7 @@ def build_targets(cfg: TargetConfig, meta: DatasetMeta, device: str | torch.devi
         expected_fingerprint=meta.fingerprint,
         num_classes=meta.num_classes,
         teacher_sha256=teacher_sha256(cfg.teacher) if cfg.teacher is not None else None,
+        form=cfg.cache_form,
     )
     return CachedTargets(cache, cfg.temperature)
 

@@ -58,7 +58,7 @@ from torch import nn
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
-from fasttarget.models import ModelConfig, _unwrap, file_sha256, read_checkpoint
+from fasttarget.models import ModelConfig, _unwrap, file_sha256, place, read_checkpoint
 from fasttarget.progress import Progress
 from fasttarget.targets import STRATEGIES
 
@@ -98,6 +98,11 @@ class TrainConfig:
         loss: ``"separation"`` (the paper's) or ``"coupled"`` (plain KD), see :mod:`fasttarget.losses`.
         temperature: T of the soft targets and of ``g``'s softmax.
         batch_size: global batch (split across ranks under DDP).
+        res: image side the loader delivers and the student is built for (``LoaderConfig.res``):
+            variable-size data is cropped to it at decode time (default 224); fixed-size data
+            keeps its own size.
+        stream: cut batches across epoch boundaries (:mod:`fasttarget.order`), so a subset
+            smaller than a batch trains with the full batch; without it such a subset is an error.
         lr, weight_decay: AdamW's.
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         compile: ``torch.compile`` the student; ``None`` = on CUDA only.
@@ -124,8 +129,10 @@ class TrainConfig:
     loss: str = "separation"
     temperature: float = 2.0
     batch_size: int = 128
+    stream: bool = False
     lr: float = 1e-3
     weight_decay: float = 0.01
+    res: int | None = None
     device: str | None = None
     compile: bool | None = None
     resume: bool = False
@@ -216,22 +223,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def prepare_model(net: nn.Module, device: torch.device, compile: bool | None) -> tuple[nn.Module, nn.Module]:
-    """Move ``net`` to ``device`` in channels_last; returns ``(net, forward)``.
+    """Move ``net`` to ``device`` in channels_last (contiguous where that crashes); returns ``(net, forward)``.
 
     ``forward`` trains ``net``: wrapped in ``DistributedDataParallel`` when a process group
     is initialized, then ``torch.compile``'d when ``compile`` (default: on CUDA). Both share
     parameters; evaluate and save ``net``.
 
     Raises:
-        UserError: on CPU, a convolution narrower than 8 channels (see below).
+        UserError: on CPU, a network too narrow to train (:func:`fasttarget.models.memory_format`).
     """
-    narrowest = min((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), default=8)
-    if device.type == "cpu" and narrowest < 8:
-        # oneDNN's channels_last convolution backward corrupts memory below 8 channels on CPU
-        # (torch 2.14: a segfault or a hang at width 0.0625); refuse rather than crash.
-        raise UserError(f"--width gives convolutions of {narrowest} channels, which crash channels_last "
-                        "training on CPU: use --width 0.125 or more")
-    net = net.to(device=device, memory_format=torch.channels_last)
+    config = getattr(net, "config", None)
+    net = place(net, device, config.image_size if config is not None else 0)
     forward = net
     if distributed_info()[1] > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -337,11 +339,14 @@ def training_subset(ipc: int | None, fraction: float | None, seed: int):
     return None if subset.is_full else subset
 
 
-def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None):
+def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None,
+                        res: int | None = None, stream: bool = False):
     """The loader config of a training split: shuffled, augmented, ``drop_last``, this rank's share.
 
     Args:
         subset: a :class:`~fasttarget.subsets.SubsetConfig` or ``None`` for the whole split.
+        res: ``LoaderConfig.res`` (``None``: the dataset's default).
+        stream: batches cut across epoch boundaries (``LoaderConfig.stream``).
     """
     from fasttarget.loader import LoaderConfig
 
@@ -349,16 +354,19 @@ def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} is not divisible by the {world} processes: pick a multiple")
     return LoaderConfig(data_dir=data, split="train", batch_size=batch_size // world, shuffle=True, drop_last=True,
-                        seed=seed, augment=aug, device=device, subset=subset)
+                        seed=seed, augment=aug, device=device, subset=subset, res=res, stream=stream)
 
 
-def eval_loader_config(data: Path, device: torch.device, batch_size: int = 1000):
-    """The evaluation loader: the whole test split on every rank, resident, in order, no augmentation."""
+def eval_loader_config(data: Path, device: torch.device, batch_size: int = 1000, res: int | None = None):
+    """The evaluation loader: the whole test split on every rank, in order, no augmentation.
+
+    Resident when it fits memory (``backend="auto"``); variable-size data streams, center-cropped to ``res``.
+    """
     from fasttarget.loader import LoaderConfig
 
     # rank 0 of 1: sharding would pad the split with repeated samples to even out the ranks.
     return LoaderConfig(data_dir=data, split="test", batch_size=batch_size, shuffle=False, drop_last=False,
-                        augment="noaug", backend="resident", device=device, rank=0, world_size=1)
+                        augment="noaug", backend="auto", device=device, rank=0, world_size=1, res=res)
 
 
 def rng_state() -> dict[str, Any]:
@@ -415,7 +423,7 @@ def _ensure_cache(cfg: TrainConfig, meta, device: torch.device, progress: bool) 
     rank, world = distributed_info()
     if rank == 0 and not path.is_file():
         build_cache(CacheBuildConfig(data=cfg.data, teacher=cfg.teacher, out=path, temperature=cfg.temperature,
-                                     device=str(device), progress=progress))
+                                     device=str(device), progress=progress, res=cfg.res))
     if world > 1:
         dist.barrier()
     return path
@@ -628,9 +636,11 @@ def checkpoint_entries(cfg: TrainConfig, step: int, wall_s: float, batches_per_e
 
 def build_run_student(cfg: TrainConfig, meta) -> nn.Module:
     """The student of a run, initialized from its seed as every run of that seed is."""
+    from fasttarget.loader import resolve_res
+
     torch.manual_seed(cfg.seed)
-    image_size = meta.image_shape[0] if meta.image_shape else 224
-    model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
+    model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes,
+                            image_size=resolve_res(meta, cfg.res))
     return build_student(model_cfg, cfg.loss)
 
 
@@ -644,9 +654,9 @@ def _train(cfg: TrainConfig, rank: int) -> dict[str, Any]:
         return run.final
     meta = run.meta
     subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
-    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset),
-                          targets=run.targets)
-    test_loader = build_loader(eval_loader_config(cfg.data, device))
+    loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset, cfg.res,
+                                              cfg.stream), targets=run.targets)
+    test_loader = build_loader(eval_loader_config(cfg.data, device, res=cfg.res))
 
     student, forward = prepare_model(build_run_student(cfg, meta), device, cfg.compile)
     optimizer = build_optimizer(student, cfg.lr, cfg.weight_decay)

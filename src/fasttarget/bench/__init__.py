@@ -61,17 +61,18 @@ from fasttarget.bench.fleet import (
     CPU_FLEETS, CUDA_FLEETS, FleetSteps, fleet_comparisons, fleet_name, solo_runs, table2_hours,
 )
 from fasttarget.bench.goals import (
-    BARE_GATHER, BATCHED_LOADER, GOALS, H5PY_FANCY, H5PY_IN_MEMORY, KORNIA, KORNIA_RESAMPLE, PER_SAMPLE_LOADER,
-    STAGED, Goal,
+    BARE_GATHER, BATCHED_LOADER, FFCV_CENTER, FFCV_RRC, GOALS, H5PY_FANCY, H5PY_IN_MEMORY, KORNIA, KORNIA_RESAMPLE, PER_SAMPLE_LOADER,
+    STAGED, TORCHVISION_FOLDER, Goal,
 )
+from fasttarget.bench.imagenet import imagenet_comparisons, per_core_notes
 from fasttarget.bench.loader import (
     LOADER_BATCH_SIZES, bare_gathers, batched_dataloader, loader_comparisons, per_sample_dataloader,
 )
 from fasttarget.bench.step import STEP_AUGMENT, STEP_BATCH, STUDENT_BATCH, StudentStep, step_comparisons
 from fasttarget.bench.table import format_table, machine_info, missed_goals
 from fasttarget.bench.targets import (
-    COLD_SHAPE, GATHER_BATCH, GATHER_CALLS, cold_gather_comparison, drop_page_cache, page_cache_unsupported,
-    targets_comparisons, write_synthetic_cache,
+    COLD_SHAPE, FP16_FULL, GATHER_BATCH, GATHER_CALLS, TOPK_K, TOPK_SHAPE, cold_gather_comparison, drop_page_cache,
+    page_cache_unsupported, targets_comparisons, topk_gather_comparison, write_synthetic_cache,
 )
 from fasttarget.bench.timing import Comparison, Row, elapsed, fastest, measure, race_note
 
@@ -86,6 +87,10 @@ __all__ = [
     "BenchContext",
     "cold_gather_comparison",
     "COLD_SHAPE",
+    "FP16_FULL",
+    "TOPK_K",
+    "TOPK_SHAPE",
+    "topk_gather_comparison",
     "Comparison",
     "COMPARISONS",
     "convert_comparisons",
@@ -98,6 +103,8 @@ __all__ = [
     "drop_page_cache",
     "elapsed",
     "fastest",
+    "FFCV_CENTER",
+    "FFCV_RRC",
     "format_table",
     "GATHER_BATCH",
     "GATHER_CALLS",
@@ -106,6 +113,7 @@ __all__ = [
     "H5PY_FANCY",
     "H5PY_IN_MEMORY",
     "has_module",
+    "imagenet_comparisons",
     "KORNIA",
     "kornia_chain",
     "KORNIA_RESAMPLE",
@@ -115,6 +123,7 @@ __all__ = [
     "measure",
     "missed_goals",
     "page_cache_unsupported",
+    "per_core_notes",
     "per_sample_dataloader",
     "PER_SAMPLE_LOADER",
     "race_note",
@@ -132,6 +141,7 @@ __all__ = [
     "table2_hours",
     "targets_comparisons",
     "torchvision_chain",
+    "TORCHVISION_FOLDER",
     "write_synthetic_cache",
 ]
 
@@ -142,12 +152,16 @@ COMPARISONS: dict[str, Callable[[BenchContext], Iterator[Comparison]]] = {
     "targets": targets_comparisons,
     "step": step_comparisons,
     "fleet": fleet_comparisons,
+    "imagenet": imagenet_comparisons,
 }
 
 
 def run_suite(suite: str, ctx: BenchContext) -> list[Row]:
     """Build and measure a suite's comparisons one at a time (each loader lives only while measured)."""
-    return [ctx.measure(comp) for comp in COMPARISONS[suite](ctx)]
+    rows = [ctx.measure(comp) for comp in COMPARISONS[suite](ctx)]
+    if suite == "imagenet":
+        ctx.notes += per_core_notes(rows)
+    return rows
 
 
 def run_benchmarks(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> tuple[list[Row], list[str]]:

@@ -34,6 +34,10 @@ class BenchConfig:
         warmup: untimed calls before timing (numba JIT, ``torch.compile``, page cache).
         batches: training steps per timed call in the step suite.
         width: ResNet-18 width of the step suite's student and of the teacher (B, C, cache).
+        imagenet: an ImageNet train-folder layout (``train/<class>/*``) the imagenet suite
+            repeats into its bench beton; ``None`` skips that suite with a note.
+        scratch: directory for data kept between runs (the imagenet suite's beton, files and
+            converted dataset); ``None`` = the run's temporary directory.
     """
 
     suites: tuple[str, ...] = ("all",)
@@ -44,6 +48,8 @@ class BenchConfig:
     warmup: int = 1
     batches: int = 8
     width: float = 0.125
+    imagenet: Path | None = None
+    scratch: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.suites if s not in (*SUITES, "all")]

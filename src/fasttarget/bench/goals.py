@@ -37,6 +37,9 @@ KORNIA = "kornia chain"
 KORNIA_RESAMPLE = "kornia chain, resample crop"
 H5PY_FANCY = "h5py fancy indexing"
 H5PY_IN_MEMORY = "h5py read once, in memory"
+FFCV_RRC = "ffcv RandomResizedCropRGBImageDecoder"
+FFCV_CENTER = "ffcv CenterCropRGBImageDecoder"
+TORCHVISION_FOLDER = "torchvision ImageFolder + DataLoader, 2 workers"
 
 # The goals of the issues, keyed by (Row.name, Row.baseline). Each comparison against the
 # strongest fair baseline has one; the typical baselines keep the goals they were given.
@@ -63,4 +66,8 @@ GOALS: dict[tuple[str, str], Goal] = {
     ("fleet C x8 b128", "8 solo runs in turn"): Goal("≥ 2× at N = 8", min_ratio=2),
     ("fleet C x16 b128 w1 compile+bf16", "16 solo runs in turn"): Goal("≥ 4× at N = 16", min_ratio=4,
                                                                         cuda_only=True),
+    # Issue 13: decode-time crops of variable-size JPEGs.
+    ("imagenet train rrc224", FFCV_RRC): Goal("≥ 1.5× FFCV's RRC decoder", min_ratio=1.5),
+    ("imagenet train rrc224", TORCHVISION_FOLDER): Goal("≥ 4× torchvision", min_ratio=4),
+    ("imagenet test center224", FFCV_CENTER): Goal("≥ 1× FFCV's center decoder", min_ratio=1),
 }

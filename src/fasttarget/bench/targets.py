@@ -22,6 +22,9 @@ GATHER_CALLS = 64
 # The cold gather's synthetic cache: ImageNet's 1,000 classes, 2^16 rows (128 MB of float16),
 # so that 64 random batches of 128 rows touch mostly distinct pages.
 COLD_SHAPE = (1 << 16, 1000)
+# The top-k gather's synthetic caches (warm): ImageNet's classes, FKD's K = 5.
+TOPK_SHAPE, TOPK_K = (1 << 15, 1000), 5
+FP16_FULL = "fp16 full cache"
 
 
 def targets_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
@@ -36,6 +39,8 @@ def targets_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
       from the page cache before every timed call (:func:`drop_page_cache`), as for a cache
       larger than the page cache; vs h5py fancy indexing, reopened cold too. Reading the whole
       file is no baseline here: a cache that does not fit memory cannot be held in it.
+    - top-k gather: a top-:data:`TOPK_K` cache's rows (kept logits + tail, and classes) vs the
+      float16 full cache's rows, both synthetic with 1,000 classes and read warm.
     - build: :func:`fasttarget.cache.build_cache` over the train split (teacher forward, HDF5
       writes, checksum), vs the bare teacher forward over the same images in memory.
 
@@ -48,6 +53,7 @@ def targets_comparisons(ctx: BenchContext) -> Iterator[Comparison]:
     cold = cold_gather_comparison(ctx)
     if cold is not None:
         yield cold
+    yield topk_gather_comparison(ctx)
     if has_module("ffcv"):
         yield _build_comparison(ctx)
 
@@ -124,6 +130,31 @@ def cold_gather_comparison(ctx: BenchContext) -> Comparison | None:
                       H5PY_FANCY, lambda: _h5py_gather(h5py_open[0], batches, ctx.device), prepare=drop_both)
 
 
+def topk_gather_comparison(ctx: BenchContext) -> Comparison:
+    """Gather from a top-:data:`TOPK_K` cache vs from the float16 full cache, warm, 1,000 classes.
+
+    The top-k side reads both of its tables (``[B, K+1]`` logits and ``[B, K]`` classes), as
+    Strategy C does for each batch; the full side reads ``[B, 1000]`` float16 rows.
+    """
+    from fasttarget.cache import TargetCache
+
+    full = TargetCache.open(write_synthetic_cache(ctx.workdir / "full-1000.h5", TOPK_SHAPE))
+    topk = TargetCache.open(write_synthetic_cache(ctx.workdir / "top5-1000.h5", TOPK_SHAPE, top_k=TOPK_K))
+    batches = _gather_batches(TOPK_SHAPE[0])
+
+    def topk_gather() -> None:
+        for idx in batches:
+            topk.gather(idx, ctx.device)
+            topk.gather_classes(idx, ctx.device)
+
+    def full_gather() -> None:
+        for idx in batches:
+            full.gather(idx, ctx.device)
+
+    return Comparison(f"cache gather b{GATHER_BATCH} top-{TOPK_K}", "rows/s", GATHER_BATCH * GATHER_CALLS,
+                      topk_gather, FP16_FULL, full_gather)
+
+
 def _build_comparison(ctx: BenchContext) -> Comparison:
     from fasttarget.cache import build_cache
     from fasttarget.targets import load_teacher
@@ -143,27 +174,32 @@ def _build_comparison(ctx: BenchContext) -> Comparison:
                       "teacher forward only", teacher_forward)
 
 
-def write_synthetic_cache(path: Path, shape: tuple[int, int]) -> Path:
+def write_synthetic_cache(path: Path, shape: tuple[int, int], top_k: int | None = None) -> Path:
     """A cache file :meth:`~fasttarget.cache.TargetCache.open` accepts, of random float16
     logits with their checksum, flushed to disk.
 
-    Only the layout matters for read speed, so one random block is written repeatedly. The
+    Only the layout matters for read speed, so one random block is written repeatedly. With
+    ``top_k`` the file holds that form (:func:`fasttarget.cache.stored_rows` of the block). The
     file is fsynced: the kernel drops clean pages only.
     """
     import h5py
 
-    from fasttarget.cache import CACHE_FORMAT, FORMAT_VERSION, LOGITS
+    from fasttarget.cache import CACHE_FORMAT, FORMAT_VERSION, CacheForm, _tables, stored_rows
 
     rows, classes = shape
-    block = np.random.default_rng(0).standard_normal((min(rows, 8192), classes), np.float32).astype(np.float16)
-    digest = hashlib.sha256()  # of the row-major logits bytes, as the cache records it
+    form = CacheForm(top_k)
+    logits = torch.from_numpy(np.random.default_rng(0).standard_normal((min(rows, 8192), classes), np.float32))
+    blocks = [t.numpy() for t in stored_rows(logits, form, 2.0)]
+    digest = hashlib.sha256()  # of the tables' row-major bytes, one after the other, as the cache records it
     with h5py.File(path, "w") as f:
-        dataset = f.create_dataset(LOGITS, shape, np.float16)
-        for lo in range(0, rows, len(block)):
-            part = block[: rows - lo]
-            dataset[lo : lo + len(part)] = part
-            digest.update(part.data)
-        f.attrs.update({"format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "logits_sha256": digest.hexdigest()})
+        for (name, (table_shape, dtype)), block in zip(_tables(form, rows, classes).items(), blocks):
+            dataset = f.create_dataset(name, table_shape, dtype)
+            for lo in range(0, rows, len(block)):
+                part = block[: rows - lo]
+                dataset[lo : lo + len(part)] = part
+                digest.update(part.data)
+        f.attrs.update({"format": CACHE_FORMAT, "format_version": FORMAT_VERSION, "num_classes": classes,
+                        **form.attrs, "logits_sha256": digest.hexdigest()})
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
     return path

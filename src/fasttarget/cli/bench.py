@@ -30,6 +30,12 @@ def bench(
     warmup: int = typer.Option(1, "--warmup", help="Untimed calls before timing (JIT, compile, caches)."),
     batches: int = typer.Option(8, "--batches", help="Training steps per timed call in the step suite."),
     width: float = typer.Option(0.125, "--width", help="ResNet-18 width of the step suite's student and teacher."),
+    imagenet: Optional[Path] = typer.Option(
+        None, "--imagenet", help="ImageNet train-folder layout the imagenet suite repeats into its bench beton."
+    ),
+    scratch: Optional[Path] = typer.Option(
+        None, "--scratch", help="Keep the imagenet suite's bench data here between runs (default: a temporary directory)."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
 ) -> None:
     """Measure fasttarget against the code users would write instead, in the same run."""
@@ -37,7 +43,7 @@ def bench(
 
     cfg = BenchConfig(
         suites=tuple(suites or ("all",)), data=data, source=source, device=device, repeats=repeats,
-        warmup=warmup, batches=batches, width=width,
+        warmup=warmup, batches=batches, width=width, imagenet=imagenet, scratch=scratch,
     )
     rows, notes = run_benchmarks(cfg, progress=lambda msg: typer.echo(msg, err=True))
     machine = machine_info()

@@ -25,16 +25,20 @@ def build(
     out: Path = typer.Option(..., "--out", help="HDF5 file to write (e.g. targets.h5)."),
     temperature: float = typer.Option(2.0, "--temperature", help="Default temperature recorded in the file."),
     dtype: str = typer.Option("float16", "--dtype", help=f"Logit storage type: {' or '.join(DTYPES)}."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Keep each sample's K largest logits and their "
+                                        "classes (FKD's compact form; the rest smoothed evenly). Default: all."),
+    res: Optional[int] = typer.Option(None, "--res", help="Resolution of the scored center-crop view "
+                                      "(default: the loader's; fixed-size data: its own size)."),
     batch_size: int = typer.Option(512, "--batch-size", help="Images per teacher forward."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the teacher (CUDA only)."),
 ) -> None:
-    """Run the teacher once over every training sample and write its logits (atomic, resumable)."""
+    """Run the teacher once over every training sample's center-crop view and write its logits (streamed, atomic, resumable)."""
     dataset_meta(data)
     from fasttarget.cache import CacheBuildConfig, build_cache
 
     cfg = CacheBuildConfig(
-        data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype,
+        data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype, top_k=top_k, res=res,
         batch_size=batch_size, device=device, compile=compile,
     )
     report = build_cache(cfg)
@@ -60,7 +64,7 @@ def inspect(
         verify=False,  # checked below by hashing, whatever an earlier verification recorded
     )
     typer.echo(f"{path}")
-    typer.echo(f"  logits: {cache.num_samples} x {cache.num_classes} {cache.logits.dtype}")
+    typer.echo(f"  form: {cache.form.label}, {cache.num_samples} samples x {cache.num_classes} classes")
     for key, value in sorted(cache.attrs.items()):
         typer.echo(f"  {key}: {value}")
     cache.check(use_record=False)

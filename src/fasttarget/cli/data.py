@@ -23,8 +23,13 @@ def convert(
     out: Path = typer.Option(..., "--out", help="Directory to write train.beton, test.beton, meta.json into."),
     force: bool = typer.Option(False, "--force", help="Overwrite a converted dataset already in --out."),
     download: bool = typer.Option(False, "--download", help="Fetch cifar10/cifar100 into --source first (online)."),
-    jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality for images larger than 64 px."),
-    max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds this."),
+    jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality of the images stored as JPEG."),
+    max_side: Optional[int] = typer.Option(
+        None, "--max-side", help="Downscale images whose longer side exceeds this (default: 500 for imagenet, "
+                                 "no cap otherwise; 0 = no cap). Images keep their own size otherwise."),
+    compress_probability: Optional[float] = typer.Option(
+        None, "--compress-probability", help="Store this share of the images as JPEG, the rest raw (FFCV's "
+                                             "'proportion' mode; default: raw up to 64 px, JPEG above)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable image files (counted in meta.json)."),
     workers: int = typer.Option(0, "--workers", help="Encoding processes (0 = every core)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -39,7 +44,7 @@ def convert(
 
     meta = run_convert(ConvertConfig(
         dataset=dataset, source=source, out=out, force=force, download=download, jpeg_quality=jpeg_quality,
-        max_side=max_side, skip_bad=skip_bad, num_workers=workers, progress=progress, val_fraction=val_fraction,
+        max_side=max_side, compress_probability=compress_probability, skip_bad=skip_bad, num_workers=workers, progress=progress, val_fraction=val_fraction,
         seed=seed,
     ))
     typer.echo(describe(meta))

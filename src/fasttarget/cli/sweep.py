@@ -50,7 +50,7 @@ def sweep(
     backend_cfg = BackendConfig(kind=backend, workers=workers, ray_address=ray_address, slurm=slurm)
     cfg = SweepConfig.from_toml(config)
     if dry_run:
-        typer.echo(describe_plan(cfg, out))
+        typer.echo(describe_plan(cfg, out, workers=workers))
         return
     summary = _run_with_bar(cfg, out, backend_cfg, retries)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))

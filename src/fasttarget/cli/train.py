@@ -105,8 +105,13 @@ def train(
     loss: str = typer.Option("separation", "--loss", help="separation (the paper's) or coupled (plain KD)."),
     temperature: float = typer.Option(2.0, "--temperature", help="Soft-target temperature T."),
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch (split across torchrun processes)."),
+    stream: bool = typer.Option(False, "--stream", help="Cut batches across epoch boundaries, so a subset smaller "
+                                "than --batch-size trains with the full batch (as the paper's IPC 10)."),
     lr: float = typer.Option(1e-3, "--lr"),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    res: Optional[int] = typer.Option(
+        None, "--res", help="Image side to train at: variable-size data is cropped to it as it is decoded "
+                            "(default 224); fixed-size data keeps its own size."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Start over: delete the run already in --out first."),
     device: Optional[str] = DeviceOption,
@@ -129,7 +134,7 @@ def train(
         data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, arch=arch, width=width, loss=loss, temperature=temperature,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, device=device, compile=compile,
+        batch_size=batch_size, stream=stream, lr=lr, weight_decay=weight_decay, res=res, device=device, compile=compile,
         resume=resume, force=force, progress=progress,
     )
     if member:

@@ -29,9 +29,10 @@ strategy or teacher therefore see an identical sample stream, so A/B/C differenc
 not sampling noise. Every unit runs with ``num_cpus`` torch/numba threads on every backend,
 so a run's numbers do not depend on where it ran.
 
-A subset smaller than one batch (IPC 10 of CIFAR-10 is 100 images) trains with the batch
-capped at the subset's size (:func:`run_batch_size`), since ``drop_last`` would leave it
-no batch at all.
+A subset smaller than a few batches (IPC 10 of CIFAR-10 is 100 images) keeps the sweep's
+batch and streams across epoch boundaries (:mod:`fasttarget.order`), as the paper trains
+it; with ``stream_small_subsets = false`` the batch is capped at the subset's size instead
+(:func:`run_batch_size`), since ``drop_last`` would leave it no batch at all.
 
 **Step budgets.** The optimizer runs at a constant learning rate (AdamW, as the paper),
 so a run's evaluation at step ``s`` is what a run stopped at ``s`` would report. With

@@ -7,6 +7,7 @@ everything downstream takes the frozen dataclasses.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ class SweepConfig:
         arch, width: the student model.
         device: ``cpu`` or ``cuda``.
         batch_size, temperature: student training settings.
+        stream_small_subsets: subsets smaller than a few batches keep ``batch_size`` and
+            stream across epochs (:func:`fasttarget.sweep.plan.run_batch_size`); ``false``
+            caps the batch at the subset's size instead (how sweeps before it trained).
         compile: ``torch.compile`` the student (``None``: on CUDA only).
         teacher: :class:`TeacherSettings`.
         grids: the :class:`GridConfig` tables.
@@ -154,6 +158,7 @@ class SweepConfig:
     width: float = 1.0
     device: str = "cpu"
     batch_size: int = 128
+    stream_small_subsets: bool = True
     temperature: float = 2.0
     compile: bool | None = None
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
@@ -181,6 +186,15 @@ class SweepConfig:
                         "change eval_every or set budgets_from_one_run = false"
                     )
 
+    def check_paths(self) -> None:
+        """Every path the sweep reads exists (``[data] source`` or ``dir``)."""
+        if self.data_source is not None and not self.data_source.exists():
+            raise UserError(f"[data] source {self.data_source} does not exist: fix the path (relative paths are "
+                            "read from the config file's folder) or download the dataset there")
+        if self.data_dir is not None and not (self.data_dir / "meta.json").is_file():
+            raise UserError(f"[data] dir {self.data_dir} is not a converted dataset (no meta.json): run "
+                            f"`fasttarget convert` into it, or give the raw data as [data] source")
+
     def unit_resources(self, kind: str) -> Resources:
         """The declared resources of a unit kind (``[resources.<kind>]``, else the default)."""
         return self.resources.get(kind) or default_resources(kind, self.device)
@@ -195,32 +209,37 @@ class SweepConfig:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as err:
             raise UserError(f"{path} is not valid TOML: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, base=path.parent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SweepConfig:
-        """Build from the parsed TOML tables; unknown keys are refused (they are typos)."""
+    def from_dict(cls, data: dict[str, Any], base: Path | None = None) -> SweepConfig:
+        """Build from the parsed TOML tables; unknown keys are refused (they are typos).
+
+        Args:
+            base: the folder relative ``[data]`` paths are read from (:meth:`from_toml`: the
+                config file's); ``None`` keeps them relative to the working directory.
+        """
         data = dict(data)
-        _no_unknown("top level", data, {"name", "description", "device", "budgets_from_one_run",
-                                         "data", "model", "teacher", "student", "grid", "resources"})
+        keys = schema()
+        _no_unknown("top level", data, keys["top level"])
         dat = dict(data.get("data", {}))
-        _no_unknown("[data]", dat, {"dataset", "source", "dir"})
+        _no_unknown("[data]", dat, keys["[data]"])
         model = dict(data.get("model", {}))
-        _no_unknown("[model]", model, {"arch", "width"})
+        _no_unknown("[model]", model, keys["[model]"])
         teacher = dict(data.get("teacher", {}))
-        _no_unknown("[teacher]", teacher, {f.name for f in fields(TeacherSettings)})
+        _no_unknown("[teacher]", teacher, keys["[teacher]"])
         student = dict(data.get("student", {}))
-        _no_unknown("[student]", student, {"batch_size", "temperature", "compile", "eval_every", "seeds"})
+        _no_unknown("[student]", student, keys["[student]"])
         resources = {}
         for kind, table in dict(data.get("resources", {})).items():
             if not isinstance(table, dict):
                 raise UserError(f"[resources]: {kind} must be a table such as [resources.{kind}] num_cpus = 1")
-            _no_unknown(f"[resources.{kind}]", table, {f.name for f in fields(Resources)})
+            _no_unknown(f"[resources.{kind}]", table, keys["[resources.KIND]"])
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in table.values()):
                 raise UserError(f"[resources.{kind}]: num_cpus and num_gpus are numbers, got {table}")
             resources[kind] = Resources(**{k: float(v) for k, v in table.items()})
         grid_defaults = {k: student[k] for k in ("eval_every", "seeds") if k in student}
-        grid_keys = {f.name for f in fields(GridConfig)}
+        grid_keys = keys["[[grid]]"]
         grids = []
         for i, g in enumerate(data.get("grid", [])):
             g = {"name": f"grid{i + 1}", **grid_defaults, **g}
@@ -232,12 +251,13 @@ class SweepConfig:
             name=data.get("name", "sweep"),
             grids=tuple(grids),
             dataset=dat.get("dataset", "cifar10"),
-            data_source=Path(dat["source"]) if "source" in dat else None,
-            data_dir=Path(dat["dir"]) if "dir" in dat else None,
+            data_source=_path(dat["source"], base) if "source" in dat else None,
+            data_dir=_path(dat["dir"], base) if "dir" in dat else None,
             arch=model.get("arch", "resnet18"),
             width=float(model.get("width", 1.0)),
             device=data.get("device", "cpu"),
             batch_size=int(student.get("batch_size", 128)),
+            stream_small_subsets=bool(student.get("stream_small_subsets", True)),
             temperature=float(student.get("temperature", 2.0)),
             compile=student.get("compile"),
             teacher=TeacherSettings(**teacher),
@@ -248,6 +268,26 @@ class SweepConfig:
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable copy (stored in the results index)."""
         return json.loads(json.dumps(asdict(self), default=str))
+
+
+def schema() -> dict[str, set[str]]:
+    """Every table of a sweep TOML and the keys it accepts (docs/sweeps.md documents each; a test checks)."""
+    return {
+        "top level": {"name", "description", "device", "budgets_from_one_run", "data", "model", "teacher",
+                      "student", "grid", "resources"},
+        "[data]": {"dataset", "source", "dir"},
+        "[model]": {"arch", "width"},
+        "[teacher]": {f.name for f in fields(TeacherSettings)},
+        "[student]": {"batch_size", "stream_small_subsets", "temperature", "compile", "eval_every", "seeds"},
+        "[[grid]]": {f.name for f in fields(GridConfig)},
+        "[resources.KIND]": {f.name for f in fields(Resources)},
+    }
+
+
+def _path(value: str, base: Path | None) -> Path:
+    """``value`` read from ``base`` when relative (a config's paths do not depend on the shell's folder)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() or base is None else Path(os.path.normpath(Path(base).resolve() / path))
 
 
 def _no_unknown(where: str, table: dict[str, Any], known: set[str]) -> None:

@@ -146,22 +146,33 @@ def class_counts(data_dir: Path) -> list[int] | None:
     return json.loads(meta.read_text())["splits"]["train"]["class_counts"] if meta.is_file() else None
 
 
-def run_batch_size(batch_size: int, spec: RunSpec, counts: list[int] | None) -> int:
-    """The batch of a run: ``batch_size``, capped at the subset's size.
+# Below this many batches a subset streams across epochs (fasttarget.order) instead of
+# dropping its last partial batch every epoch (up to a quarter of it at 4 batches) or, below
+# one batch, making none.
+STREAM_BELOW_BATCHES = 4
 
-    With ``drop_last`` a subset smaller than one batch (IPC 10 of CIFAR-10 is 100 images)
-    would yield no batch at all; capped, every step is one pass over the subset.
+
+def run_batch_size(batch_size: int, spec: RunSpec, counts: list[int] | None, stream: bool = False) -> tuple[int, bool]:
+    """The batch of a run and whether its loader streams across epochs (``LoaderConfig.stream``).
+
+    With ``stream`` (the sweep's ``stream_small_subsets``, the paper's way), a subset smaller
+    than :data:`STREAM_BELOW_BATCHES` batches keeps ``batch_size`` and streams. Without it, the
+    batch is capped at the subset's size: with ``drop_last`` a subset smaller than one batch
+    (IPC 10 of CIFAR-10 is 100 images) would yield no batch at all.
 
     Example:
-        >>> run_batch_size(128, RunSpec("A", "stdaug", 10, 5, 0, ipc=10), [5000] * 10)
-        100
+        >>> spec = RunSpec("A", "stdaug", 10, 5, 0, ipc=10)
+        >>> run_batch_size(128, spec, [5000] * 10), run_batch_size(128, spec, [5000] * 10, stream=True)
+        ((100, False), (128, True))
     """
     if counts is None:
-        return batch_size
+        return batch_size, False
     if spec.ipc is not None:
         size = sum(min(spec.ipc, c) for c in counts)
     elif spec.fraction is not None:
         size = sum(int(spec.fraction * c) for c in counts)
     else:
         size = sum(counts)
-    return max(1, min(batch_size, size))
+    if stream:
+        return batch_size, size < STREAM_BELOW_BATCHES * batch_size
+    return max(1, min(batch_size, size)), False

@@ -95,6 +95,7 @@ def run_sweep(
             backend.close()
         if ctx.class_counts():
             ctx.index.set_meta("dataset_ipc", min(ctx.class_counts()))
+            ctx.index.set_meta("class_counts", ctx.class_counts())
         counts: dict[str, int] = {}
         for u in runs:
             status = ctx.index.runs(run_id=u.spec.run_id)[0].status
@@ -180,9 +181,17 @@ def _drive(ctx: SweepContext, todo: list[Unit], backend: BackendConfig | Executo
 # -- dry run ---------------------------------------------------------------------------
 
 
-def describe_plan(cfg: SweepConfig, out: Path) -> str:
-    """The plan in words for ``--dry-run``: what exists, what would be trained. Writes nothing."""
+def describe_plan(cfg: SweepConfig, out: Path, estimate: bool = True, workers: int | None = None) -> str:
+    """The plan in words for ``--dry-run``: what exists, what would be trained and, with
+    ``estimate``, how long it would take here (:mod:`fasttarget.sweep.estimate`). Writes nothing.
+
+    Raises:
+        UserError: a path the sweep reads does not exist.
+    """
+    from fasttarget.dataset import DatasetMeta
+
     out = Path(out)
+    cfg.check_paths()
     layout = SweepLayout(out)
     ctx = SweepContext(cfg=cfg, plan=plan_sweep(cfg), layout=layout, stages=Stages())
     lines = [f"sweep {cfg.name} → {out}"]
@@ -217,4 +226,10 @@ def describe_plan(cfg: SweepConfig, out: Path) -> str:
     for grid in cfg.grids:
         n = len(expand_grid(grid, cfg.budgets_from_one_run))
         lines.append(f"  grid {grid.name}: {n} runs; budgets {', '.join(map(str, grid.steps))}")
+    if estimate:
+        from fasttarget.sweep.estimate import estimate_lines
+
+        data = cfg.data_dir or layout.data
+        meta = DatasetMeta.load(data) if (Path(data) / "meta.json").is_file() else None
+        lines += estimate_lines(cfg, ctx.plan, meta, workers)
     return "\n".join(lines + run_lines)

@@ -79,6 +79,7 @@ class RunRequest:
     resume: bool
     teacher: Path | None = None
     cache: Path | None = None
+    stream: bool = False
 
 
 def train_config(req: RunRequest):
@@ -95,8 +96,8 @@ def train_config(req: RunRequest):
         data=req.data_dir, out=req.run_dir, strategy=s.strategy, teacher=req.teacher, cache=req.cache,
         aug=s.student_aug, steps=s.steps, eval_every=s.eval_every, seed=s.seed, ipc=s.ipc,
         fraction=s.fraction, subset_seed=s.seed, arch=req.arch, width=req.width,
-        temperature=req.temperature, batch_size=req.batch_size, device=req.device, compile=req.compile,
-        resume=req.resume, progress=False,
+        temperature=req.temperature, batch_size=req.batch_size, stream=req.stream, device=req.device,
+        compile=req.compile, resume=req.resume, progress=False,
     )
 
 

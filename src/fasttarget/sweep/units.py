@@ -252,8 +252,9 @@ class RunUnit(Unit):
         if run_dir.exists() and not resume:
             # Killed before its first checkpoint: nothing to resume, start clean.
             shutil.rmtree(run_dir)
+        batch, stream = run_batch_size(ctx.cfg.batch_size, spec, ctx.class_counts(), ctx.cfg.stream_small_subsets)
         return RunRequest(spec=spec, run_dir=run_dir, data_dir=ctx.data_dir, arch=ctx.cfg.arch,
-                          width=ctx.cfg.width, batch_size=run_batch_size(ctx.cfg.batch_size, spec, ctx.class_counts()),
+                          width=ctx.cfg.width, batch_size=batch, stream=stream,
                           temperature=ctx.cfg.temperature, device=ctx.cfg.device, compile=ctx.cfg.compile,
                           resume=resume, teacher=teacher, cache=cache)
 
