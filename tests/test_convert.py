@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import fasttarget.convert as convert_module
-from fasttarget.convert import ConvertConfig, channel_histogram, convert, fingerprint, mean_std, write_split
+from fasttarget.convert import ConvertConfig, channel_histogram, convert, fingerprint, mean_std, pixel_settings, \
+    write_split
 from fasttarget.dataset import DatasetMeta, check_dataset, read_split
 from fasttarget.demo import SAMPLE_SOURCE
 from fasttarget.errors import UserError
@@ -70,14 +71,15 @@ def test_meta_json_follows_the_contract(cifar10_dir):
 def test_fingerprint_changes_with_labels_and_pixels():
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (100, 4, 4, 3), dtype=np.uint8), rng.integers(0, 10, 100)
-    base = fingerprint({"train": Split(labels, images=images)})
-    assert base == fingerprint({"train": Split(labels.copy(), images=images.copy())})
+    settings = pixel_settings("raw", None, None, (0.5,) * 3, (0.25,) * 3)
+    base = fingerprint({"train": Split(labels, images=images)}, settings)
+    assert base == fingerprint({"train": Split(labels.copy(), images=images.copy())}, settings)
     relabelled = labels.copy()
     relabelled[50] = (relabelled[50] + 1) % 10
-    assert fingerprint({"train": Split(relabelled, images=images)}) != base
+    assert fingerprint({"train": Split(relabelled, images=images)}, settings) != base
     touched = images.copy()
     touched[0, 0, 0, 0] ^= 1  # the first sample is always among the sampled ones
-    assert fingerprint({"train": Split(labels, images=touched)}) != base
+    assert fingerprint({"train": Split(labels, images=touched)}, settings) != base
 
 
 def test_mean_std_from_histogram_matches_numpy():

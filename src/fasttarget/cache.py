@@ -63,9 +63,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fasttarget.choices import DTYPES, FORMS
 from fasttarget.dataset import DatasetMeta
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
+from fasttarget.progress import show_bar
 from fasttarget.targets import TeacherModel, load_teacher
 from fasttarget.zoo import TeacherSpec, measure_test_accuracy, parse_teacher, teacher_file
 from fasttarget.zoo import teacher_sha256 as zoo_teacher_sha256
@@ -74,8 +76,6 @@ CACHE_FORMAT = "fasttarget-target-cache"
 # 2 added the form attributes and the top-k tables; version 1 files hold the full form.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-DTYPES = ("float16", "float32")
-FORMS = ("full", "top-k")
 LOGITS = "logits"
 TOPK_LOGITS = "topk_logits"
 TOPK_CLASSES = "topk_classes"
@@ -313,7 +313,7 @@ def _score_rows(teacher: TeacherModel, datasets: list[h5py.Dataset], f: h5py.Fil
     # inference_mode: nothing built here ever joins an autograd graph (B's live targets do, so the
     # teacher itself only uses no_grad).
     with torch.inference_mode(), tqdm(total=n, initial=start * cfg.batch_size, unit="img", desc="cache build",
-                                      disable=not cfg.progress) as bar:
+                                      disable=not show_bar(cfg.progress)) as bar:
         for batch in loader:
             lo, hi = int(batch.indices[0]), int(batch.indices[-1]) + 1
             if hi - lo != len(batch.indices):  # index order is what makes the rows a slice

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import json
 import math
 import os
 import re
@@ -48,6 +49,8 @@ import numpy as np
 
 from fasttarget.dataset import META_FILE, SPLITS, DatasetMeta, SplitInfo, file_sha256, size_ranges
 from fasttarget.errors import UserError
+from fasttarget.holdout import check_val_fraction, hold_out_test_split
+from fasttarget.progress import show_bar
 from fasttarget.threads import kept_threads
 from fasttarget.sources import DATASETS, Source, Split, download_source, load_image, open_source
 
@@ -84,6 +87,9 @@ class ConvertConfig:
         skip_bad: leave unreadable image files out (counted in ``meta.json``) instead of failing.
         num_workers: encoding processes; 0 = every usable core.
         progress: show progress bars (on stderr).
+        val_fraction: hold out this share of every class as the test split of a source that
+            has none (class folders only; :mod:`fasttarget.holdout`).
+        seed: which images ``val_fraction`` holds out.
     """
 
     dataset: str
@@ -97,6 +103,8 @@ class ConvertConfig:
     skip_bad: bool = False
     num_workers: int = 0
     progress: bool = True
+    val_fraction: float | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))  # accept str paths from library callers
@@ -111,6 +119,7 @@ class ConvertConfig:
             raise UserError(f"--compress-probability must be in 0..1, got {self.compress_probability}")
         if self.num_workers < 0:
             raise UserError(f"--workers must be 0 (all cores) or positive, got {self.num_workers}")
+        check_val_fraction(self.val_fraction)
 
     @property
     def workers(self) -> int:
@@ -246,7 +255,7 @@ def _write_beton(path: Path, fields: dict, encoders: _Encoders, labels: np.ndarr
     alloc["sample_id"] = np.arange(n)
 
     with open(path, "wb") as fh, \
-            tqdm(total=n, desc=desc, unit="img", disable=not progress, mininterval=0.5) as bar:
+            tqdm(total=n, desc=desc, unit="img", disable=not show_bar(progress), mininterval=0.5) as bar:
         fh.write(bytes(first_page))  # header and metadata are written last, once the pointers are known
         pages = _Pages(fh, first_page)
         for start, (image_rows, sizes, payload) in _encoded_chunks(encoders, n, raw_arrays, num_workers):
@@ -462,9 +471,24 @@ def mean_std(histogram: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...
     return tuple(float(round(m, 6)) for m in mean), tuple(float(round(s, 6)) for s in np.sqrt(np.maximum(var, 0)))
 
 
-def fingerprint(splits: dict[str, Split]) -> str:
-    """SHA-256 hex of every label and the pixels of up to :data:`FINGERPRINT_SAMPLES` evenly spaced samples per split."""
+def pixel_settings(encoding: str, jpeg_quality: int | None, max_side: int | None, mean: Sequence[float],
+                   std: Sequence[float], compress_probability: float | None = None) -> dict[str, Any]:
+    """What decides the stored pixels and their normalization besides the source images.
+
+    Two conversions of one source with other settings hold other pixels, so a cache or a
+    teacher made from one must be refused on the other: :func:`fingerprint` hashes these too.
+    ``jpeg_quality`` counts only where images are JPEG, ``compress_probability`` only for ``"proportion"``.
+    """
+    return {"encoding": encoding, "jpeg_quality": jpeg_quality if encoding != "raw" else None,
+            "max_side": max_side, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "compress_probability": compress_probability if encoding == "proportion" else None}
+
+
+def fingerprint(splits: dict[str, Split], settings: dict[str, Any]) -> str:
+    """SHA-256 hex of every label, the pixels of up to :data:`FINGERPRINT_SAMPLES` evenly spaced
+    samples per split and the conversion's :func:`pixel_settings`."""
     h = hashlib.sha256()
+    h.update(json.dumps(settings, sort_keys=True).encode())
     for name, split in splits.items():
         h.update(name.encode())
         h.update(np.ascontiguousarray(split.labels, np.int64).tobytes())
@@ -524,7 +548,7 @@ def _scan(split: Split, cfg: ConvertConfig, name: str) -> _Scanned:
     outcomes: list[tuple[tuple[int, ...] | None, str | None]] = []
     histogram = np.zeros((3, 256), np.int64)
     with Pool(min(cfg.workers, max(len(jobs), 1))) as pool, \
-            tqdm(total=len(files), unit="img", desc=f"check {name}", disable=not cfg.progress, mininterval=0.5) as bar:
+            tqdm(total=len(files), unit="img", desc=f"check {name}", disable=not show_bar(cfg.progress), mininterval=0.5) as bar:
         for chunk_outcomes, chunk_histogram in pool.imap(_scan_files, jobs):
             outcomes += chunk_outcomes
             histogram += chunk_histogram
@@ -581,7 +605,7 @@ def convert(cfg: ConvertConfig) -> DatasetMeta:
     """
     if cfg.download:
         download_source(cfg.dataset, cfg.source)
-    source = open_source(cfg.dataset, cfg.source)
+    source = hold_out_test_split(open_source(cfg.dataset, cfg.source), cfg.val_fraction, cfg.seed)
     _prepare_out(cfg)
     scanned = {name: _scan(source.split(name), cfg, name) for name in SPLITS}
     if not len(scanned["train"].split):
@@ -645,7 +669,9 @@ def _build_meta(source: Source, cfg: ConvertConfig, scanned: dict[str, _Scanned]
             for name, s in scanned.items()
         },
         mean=mean, std=std,
-        fingerprint=fingerprint({name: s.split for name, s in scanned.items()}),
+        fingerprint=fingerprint({name: s.split for name, s in scanned.items()},
+                                pixel_settings(encoding, cfg.jpeg_quality, cfg.side_cap, mean, std,
+                                               cfg.compress_probability)),
         encoding=encoding,
         jpeg_quality=cfg.jpeg_quality if encoding != "raw" else None,
         max_side=cfg.side_cap,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fasttarget.convert import ConvertConfig, convert, fingerprint
+from fasttarget.convert import ConvertConfig, convert, fingerprint, pixel_settings
 from fasttarget.dataset import META_FILE, DatasetMeta, check_dataset, describe
 from fasttarget.errors import UserError
 from fasttarget.sources import open_source
@@ -88,7 +88,9 @@ def convert_step(cfg: DemoConfig, state: DemoState, echo: Echo) -> None:
     if (data_dir / META_FILE).is_file() and not cfg.force:
         old = DatasetMeta.load(data_dir)
         found = open_source("cifar10", source)
-        if old.fingerprint == fingerprint({"train": found.train, "test": found.test}):
+        settings = pixel_settings(old.encoding, old.jpeg_quality, old.max_side, old.mean, old.std,
+                                  old.compress_probability)
+        if old.fingerprint == fingerprint({"train": found.train, "test": found.test}, settings):
             echo(f"convert: {data_dir} already holds {source}, reusing it (--force redoes it)")
             state.data_dir, state.meta = data_dir, old
             return

@@ -46,9 +46,10 @@ import torch
 from fasttarget.errors import UserError
 from fasttarget.losses import hard_targets
 from fasttarget.models import read_checkpoint
+from fasttarget.progress import Progress
 from fasttarget.targets import STRATEGIES
 from fasttarget.train import (
-    BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Progress, Throughput, TrainConfig, autocast,
+    BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Throughput, TrainConfig, autocast,
     build_optimizer, build_run_student, checkpoint_entries, claimed, distributed_info, eval_loader_config,
     iterate_steps, open_run, prepare_model, resolve_device, save_final_model, set_rng_state, start_run, temporary_path,
     train_loader_config, training_subset, write_json,
@@ -355,8 +356,8 @@ def _train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
                     fh.write(json.dumps(row) + "\n")
             if live and (step_no % base.checkpoint_every == 0 or step_no == base.steps):
                 _save_checkpoints(runs, live, net, optimizer, step_no, wall_s, len(loader))
-            progress.acc = " ".join(f"{acc_h[i]:.0%}" for i in live) or "-"
-            progress.update(step_no, _live_mean(terms["loss"], step.active), throughput.rate())
+            progress.evaluated(step_no, _live_mean(terms["loss"], step.active), throughput.rate(),
+                               " ".join(f"{acc_h[i]:.0%}" for i in live) or "-")
             if not live:
                 break
             sums.zero_()

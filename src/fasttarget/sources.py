@@ -17,7 +17,9 @@ Datasets and the layouts recognised for each:
   ``train/<wnid>/images/*.JPEG``, ``val/images`` + ``val/val_annotations.txt``); labels in
   sorted-wnid order, the labelled val split becomes ``test``.
 - ``imagefolder`` / ``imagenet``: ``train/<class>/*`` and ``val/<class>/*`` or
-  ``test/<class>/*``; labels in sorted class-folder order.
+  ``test/<class>/*``; labels in sorted class-folder order. Class folders alone
+  (``<class>/*`` or ``train/<class>/*``) read with an empty test split, which
+  ``fasttarget convert --val-fraction F`` holds out of the training images (:mod:`fasttarget.holdout`).
 
 ``--source`` may name the layout folder itself or the folder that holds it (as torchvision's
 ``root``).
@@ -42,9 +44,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fasttarget.choices import DATASETS
 from fasttarget.errors import UserError
 
-DATASETS = ("cifar10", "cifar100", "tinyimagenet", "imagefolder", "imagenet")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 CIFAR10_CLASSES = (
@@ -359,15 +361,21 @@ def _imagefolder_test_dir(path: Path) -> Path | None:
     return next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
 
 
+def _imagefolder_train_dir(path: Path) -> Path:
+    """``train/``, or the folder itself when it holds the class folders (no test split: ``--val-fraction``)."""
+    return path / "train" if (path / "train").is_dir() else path
+
+
 def _detect_imagefolder(path: Path) -> bool:
-    return (path / "train").is_dir() and _imagefolder_test_dir(path) is not None
+    return (path / "train").is_dir() or any(p.is_dir() and _image_files(p) for p in path.iterdir())
 
 
 def _read_imagefolder(dataset: str) -> Callable[[Path], Source]:
     def read(path: Path) -> Source:
-        classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
+        train_dir = _imagefolder_train_dir(path)
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
         if not classes:
-            raise UserError(f"{path / 'train'} has no class folders: expected train/<class>/<image files>")
+            raise UserError(f"{train_dir} has no class folders: expected train/<class>/<image files>")
 
         def split(root: Path) -> Split:
             files: list[Path] = []
@@ -383,8 +391,11 @@ def _read_imagefolder(dataset: str) -> Callable[[Path], Source]:
             return Split(np.asarray(labels, np.int64), files=tuple(files))
 
         test_dir = _imagefolder_test_dir(path)
+        if test_dir is None:  # class folders only: convert holds a test split out (fasttarget.holdout)
+            return Source(dataset, f"{dataset} ({train_dir.relative_to(path).as_posix()}/<class>/, no test split)",
+                          path, tuple(classes), split(train_dir), Split(np.empty(0, np.int64), files=()))
         return Source(dataset, f"{dataset} (train/, {test_dir.name}/)", path, tuple(classes),
-                      split(path / "train"), split(test_dir))
+                      split(train_dir), split(test_dir))
 
     return read
 
@@ -399,6 +410,8 @@ _LAYOUTS: dict[str, list[_Layout]] = {
         _Layout(lambda p: (p / "test").is_file() and (p / "meta").is_file(), _read_cifar100_py, "cifar-100-python"),
     ],
     "tinyimagenet": [_Layout(lambda p: (p / "wnids.txt").is_file(), _read_tinyimagenet, "tiny-imagenet-200")],
-    "imagefolder": [_Layout(_detect_imagefolder, _read_imagefolder("imagefolder"), None, "train/ + val/ or test/")],
-    "imagenet": [_Layout(_detect_imagefolder, _read_imagefolder("imagenet"), None, "train/ + val/")],
+    "imagefolder": [_Layout(_detect_imagefolder, _read_imagefolder("imagefolder"), None,
+                            "train/ + val/ or test/, or class folders with --val-fraction")],
+    "imagenet": [_Layout(_detect_imagefolder, _read_imagefolder("imagenet"), None,
+                         "train/ + val/, or class folders with --val-fraction")],
 }

@@ -12,7 +12,11 @@ preset accuracy". :func:`train_ladder` does that on the test split:
   tolerance (test accuracy jitters by points between nearby steps) is refined: the weights
   of a few steps since the last evaluation are kept on the host, and the saved teacher is
   the snapshot found by bisecting them for the crossing. The measured accuracy is what is
-  recorded, in the checkpoint and in ``ladder.json``;
+  recorded, in the checkpoint and in ``ladder.json``, and a note says why it differs from the
+  evaluation the progress showed;
+- with ``eval_subset`` the schedule's evaluations use a seeded, class-stratified subset of
+  about that many test images (faster on CPU); each saved teacher is then evaluated on the
+  whole test split, and that accuracy is the one its checkpoint records;
 - one evaluation that clears several targets saves the same weights for each of them;
 - ``random_init`` also saves the untrained network (the paper's "10 %" teacher);
 - it stops at the highest target or after ``max_steps``, reporting the targets it missed.
@@ -34,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +49,9 @@ import torch
 from fasttarget.errors import UserError
 from fasttarget.losses import hard_targets, soft_cross_entropy
 from fasttarget.models import ARCHS, CheckpointInfo, ModelConfig, build_classifier, save_classifier
+from fasttarget.progress import Progress
 from fasttarget.train import (
     BAR_EVERY,
-    Progress,
     Throughput,
     autocast,
     build_optimizer,
@@ -94,7 +99,9 @@ class LadderConfig:
         device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
         compile: ``torch.compile``; ``None`` = on CUDA only.
         force: overwrite a ladder already in ``out``.
-        progress: show a progress bar.
+        progress: report progress (:class:`fasttarget.progress.Progress`).
+        eval_subset: evaluate the schedule on about this many test images (seeded by ``seed``,
+            stratified); ``None`` for the whole test split.
     """
 
     data: Path
@@ -118,6 +125,7 @@ class LadderConfig:
     compile: bool | None = None
     force: bool = False
     progress: bool = True
+    eval_subset: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -137,6 +145,8 @@ class LadderConfig:
         if not 0 < self.tolerance < 1:
             raise UserError(f"--tolerance must be a fraction in (0, 1), got {self.tolerance}: write 0.01 for 1 %")
         training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
+        if self.eval_subset is not None and self.eval_subset < 1:
+            raise UserError(f"--eval-subset must be at least 1 test image, got {self.eval_subset}")
 
 
 class Ladder:
@@ -199,6 +209,27 @@ class Ladder:
         return int(min(longest, max(1, steps)))
 
 
+def _evaluation_loader(cfg: LadderConfig, meta, device: torch.device, test_loader):
+    """The loader the schedule evaluates on and its image count: ``test_loader``, or a seeded subset of it."""
+    count = meta.count("test")
+    if cfg.eval_subset is None or cfg.eval_subset >= count:
+        return test_loader, count
+    from fasttarget.loader import build_loader
+    from fasttarget.subsets import SubsetConfig
+
+    subset = SubsetConfig(fraction=cfg.eval_subset / count, seed=cfg.seed)
+    loader = build_loader(dataclasses.replace(eval_loader_config(cfg.data, device), subset=subset))
+    return loader, loader.num_samples
+
+
+def _snapshot_note(rung: Rung, step: int, accuracy: float, tolerance: float) -> str:
+    """Why a teacher's saved accuracy is not the one the evaluation at ``step`` showed."""
+    saved = rung.accuracy if rung.subset_accuracy is None else rung.subset_accuracy  # as the schedule measured it
+    return (f"{rung.path.name}: saved the weights of step {rung.step} ({saved:.2%}), not of step {step} "
+            f"({accuracy:.2%}): that evaluation overshot the {rung.target:.0%} target by more than --tolerance "
+            f"{tolerance:g}, so the crossing was looked up among the snapshots since the evaluation before")
+
+
 def _slope(points: list[tuple[int, float]]) -> float:
     """Least-squares slope of accuracy over step."""
     mean_x = sum(x for x, _ in points) / len(points)
@@ -209,12 +240,14 @@ def _slope(points: list[tuple[int, float]]) -> float:
 
 @dataclass(frozen=True)
 class Rung:
-    """One saved teacher: its target (``None`` for the random-init one), file, measured accuracy, step."""
+    """One saved teacher: its target (``None`` for the random-init one), file, test accuracy, step,
+    and its accuracy on the evaluation subset (``None`` without ``eval_subset``)."""
 
     target: float | None
     path: Path
     accuracy: float
     step: int
+    subset_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -240,8 +273,8 @@ class LadderResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "rungs": [{"target": r.target, "path": r.path.name, "accuracy": r.accuracy, "step": r.step}
-                      for r in self.rungs],
+            "rungs": [{"target": r.target, "path": r.path.name, "accuracy": r.accuracy, "step": r.step,
+                       "subset_accuracy": r.subset_accuracy} for r in self.rungs],
             "missed": list(self.missed), "best_accuracy": self.best_accuracy, "steps": self.steps,
             "evaluations": [list(e) for e in self.evaluations],
             "refinements": [list(e) for e in self.refinements],
@@ -265,6 +298,7 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
     subset = training_subset(cfg.ipc, cfg.fraction, cfg.subset_seed)
     loader = build_loader(train_loader_config(cfg.data, cfg.batch_size, cfg.aug, cfg.seed, device, subset))
     test_loader = build_loader(eval_loader_config(cfg.data, device))
+    eval_loader, eval_count = _evaluation_loader(cfg, meta, device, test_loader)
     torch.manual_seed(cfg.seed)
     image_size = meta.image_shape[0] if meta.image_shape else 224
     model_cfg = ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=meta.num_classes, image_size=image_size)
@@ -294,7 +328,7 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
             while lo < hi:
                 mid = (lo + hi) // 2
                 net.load_state_dict(snapshots[mid][1])
-                (acc,) = evaluate(net, test_loader, device)
+                (acc,) = evaluate(net, eval_loader, device)
                 refinements.append((snapshots[mid][0], acc))
                 if acc >= target:
                     hi, found_acc = mid, acc
@@ -308,22 +342,28 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
         return found_acc is not None
 
     def save(target: float | None, accuracy: float, step: int) -> None:
+        """Save the current weights, measured ``accuracy`` on the evaluation loader, as ``target``'s teacher."""
         path = cfg.out / (RANDOM_FILE if target is None else teacher_filename(target))
+        subset_accuracy = None
+        if eval_loader is not test_loader:
+            subset_accuracy, (accuracy,) = accuracy, evaluate(net, test_loader, device)
+            progress.note(f"{path.name}: {accuracy:.2%} on the whole test split "
+                          f"({subset_accuracy:.2%} on the {eval_count}-image evaluation subset)")
         extra = {"target_accuracy": target, "aug": cfg.aug, "seed": cfg.seed, "lr": cfg.lr,
                  "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size, "ipc": cfg.ipc,
-                 "fraction": cfg.fraction}
+                 "fraction": cfg.fraction, "subset_accuracy": subset_accuracy}
         save_classifier(path, net, CheckpointInfo(model_cfg, accuracy, meta.fingerprint, meta.mean, meta.std,
                                                   step, extra))
-        rungs.append(Rung(target, path, accuracy, step))
+        rungs.append(Rung(target, path, accuracy, step, subset_accuracy))
 
     ladder = Ladder(cfg.accuracies, cfg.eval_every, cfg.tolerance, chance=1 / meta.num_classes)
+    progress = Progress(cfg.max_steps, 0, "teacher", cfg.progress)
     if cfg.random_init:
-        (accuracy,) = evaluate(net, test_loader, device)
+        (accuracy,) = evaluate(net, eval_loader, device)
         evaluations.append((0, accuracy))
         ladder.record(0, accuracy)
         save(None, accuracy, 0)
 
-    progress = Progress(cfg.max_steps, 0, "teacher", cfg.progress)
     throughput = Throughput(device)
     next_eval, step = ladder.steps_to_next_eval(), 0
     snapshot_every = -(-next_eval // SNAPSHOTS)  # ceil: at most SNAPSHOTS per interval
@@ -343,13 +383,14 @@ def train_ladder(cfg: LadderConfig) -> LadderResult:
                     snapshots.append((step, {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}))
                 continue
             throughput.pause()
-            (accuracy,) = evaluate(net, test_loader, device)
+            (accuracy,) = evaluate(net, eval_loader, device)
             evaluations.append((step, accuracy))
+            progress.evaluated(step, loss.item(), throughput.rate(), f"{accuracy:.2%}")
             for target in ladder.record(step, accuracy):
-                if not (accuracy > target + cfg.tolerance and snapshots and refine(target)):
+                if accuracy > target + cfg.tolerance and snapshots and refine(target):
+                    progress.note(_snapshot_note(rungs[-1], step, accuracy, cfg.tolerance))
+                else:
                     save(target, accuracy, step)
-            progress.acc = f"{accuracy:.2%}"
-            progress.update(step, loss.item(), throughput.rate())
             throughput.reset()
             if ladder.done:
                 break

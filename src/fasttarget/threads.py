@@ -30,6 +30,8 @@ import contextlib
 import functools
 from typing import Iterator
 
+from fasttarget.numba_cache import cache_typed_dict
+
 
 @functools.cache  # once per process: the layer is fixed when numba first starts its threads
 def prefer_openmp() -> None:
@@ -51,6 +53,7 @@ def kept_threads() -> Iterator[None]:
     import numba  # ffcv's own dependency: present wherever ffcv is
 
     prefer_openmp()
+    cache_typed_dict()  # every ffcv import runs in here: its import-time compilation is then cached
     torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
     try:
         yield

@@ -61,6 +61,7 @@ from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
 from fasttarget.models import ModelConfig, _unwrap, place, read_checkpoint
+from fasttarget.progress import Progress
 from fasttarget.targets import STRATEGIES
 from fasttarget.zoo import TeacherSpec, parse_teacher, teacher_file, teacher_sha256
 
@@ -313,24 +314,6 @@ def iterate_steps(loader, start_step: int, stop_step: int) -> Iterator[tuple[int
             yield step, batch
             if step >= stop_step:
                 return
-
-
-class Progress:
-    """A tqdm bar showing step, loss, img/s and the last accuracy (silent when disabled)."""
-
-    def __init__(self, total: int, initial: int, desc: str, enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True,
-                        unit="step")
-        self.acc = "-"
-
-    def update(self, step: int, loss: float, img_per_s: float) -> None:
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix_str(f"loss {loss:.3f}  {img_per_s:,.0f} img/s  acc {self.acc}", refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class Throughput:
@@ -802,8 +785,7 @@ def _run_steps(cfg: TrainConfig, loader, step_fn: Callable, eval_fn: Callable, c
             row = {"step": step, "images_seen": step * cfg.batch_size, "test_acc_h": acc_h, "test_acc_g": acc_g,
                    **dict(zip(TERMS, means)), "img_per_s": throughput.rate(),
                    "wall_s": time.perf_counter() - started}
-            progress.acc = f"{acc_h:.2%}"
-            progress.update(step, means[2], throughput.rate())
+            progress.evaluated(step, means[2], throughput.rate(), f"{acc_h:.2%}")
             if rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(row) + "\n")

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from fasttarget.bench.timing import Comparison, Row, measure
+from fasttarget.choices import SUITES
 from fasttarget.errors import UserError
 
 
-SUITES = ("convert", "loader", "augment", "targets", "step", "fleet", "imagenet")
 DEVICES = ("cpu", "cuda")
 
 

@@ -3,6 +3,14 @@
 Each command group lives in its own module (``fasttarget.cli.<name>``) that defines
 ``register(app)``; this module only wires them and turns :class:`UserError` into one
 line on stderr and exit code 2.
+
+Startup: ``fasttarget --help``, option parsing and the user errors found while parsing must
+not wait for torch, ffcv or numba (seconds to import). Command modules therefore import only
+typer and light fasttarget modules (:mod:`fasttarget.choices`, :mod:`fasttarget.errors`) at
+their top and the library inside each command function; a command that needs ``--data``
+reads its ``meta.json`` first (:func:`fasttarget.cli.options.dataset_meta`).
+``tests/test_startup.py`` checks that ``--help`` and such errors leave torch, ffcv and numba
+unimported.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help and usage errors: typer's rich formatting imports rich and markdown-it,
+    # which took most of `fasttarget --help`'s time once the library imports were deferred.
+    rich_markup_mode=None,
 )
 
 # Command modules, in the order their commands appear in --help.

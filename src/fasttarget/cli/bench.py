@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fasttarget.bench import SUITES, BenchConfig, machine_info, format_table, run_benchmarks
+from fasttarget.choices import SUITES
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +39,8 @@ def bench(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the table as JSON to this file."),
 ) -> None:
     """Measure fasttarget against the code users would write instead, in the same run."""
+    from fasttarget.bench import BenchConfig, format_table, machine_info, run_benchmarks
+
     cfg = BenchConfig(
         suites=tuple(suites or ("all",)), data=data, source=source, device=device, repeats=repeats,
         warmup=warmup, batches=batches, width=width, imagenet=imagenet, scratch=scratch,

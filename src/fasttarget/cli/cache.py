@@ -7,10 +7,11 @@ from typing import Optional
 
 import typer
 
-from fasttarget.cache import DTYPES, CacheBuildConfig, TargetCache, build_cache, teacher_sha256
-from fasttarget.dataset import DatasetMeta
+from fasttarget.choices import DTYPES
+from fasttarget.cli.options import dataset_meta
 
-cache_app = typer.Typer(help="Build and inspect the teacher-logits cache of Strategy C.", no_args_is_help=True)
+cache_app = typer.Typer(help="Build and inspect the teacher-logits cache of Strategy C.", no_args_is_help=True,
+                        rich_markup_mode=None)  # plain help, as the app (fasttarget.cli)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +35,9 @@ def build(
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the teacher (CUDA only)."),
 ) -> None:
     """Run the teacher once over every training sample's center-crop view and write its logits (streamed, atomic, resumable)."""
+    dataset_meta(data)
+    from fasttarget.cache import CacheBuildConfig, build_cache
+
     cfg = CacheBuildConfig(
         data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype, top_k=top_k, res=res,
         batch_size=batch_size, device=device, compile=compile,
@@ -50,7 +54,9 @@ def inspect(
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Also check it was built from this teacher."),
 ) -> None:
     """Print a cache's attributes and verify its checksum (exit code 2 on a mismatch or a bad checksum)."""
-    meta = DatasetMeta.load(data) if data is not None else None
+    meta = dataset_meta(data) if data is not None else None
+    from fasttarget.cache import TargetCache, teacher_sha256
+
     cache = TargetCache.open(
         path,
         expected_fingerprint=meta.fingerprint if meta else None,

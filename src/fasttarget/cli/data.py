@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, subset_config
-from fasttarget.sources import DATASETS
+from fasttarget.choices import DATASETS
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +33,9 @@ def convert(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable image files (counted in meta.json)."),
     workers: int = typer.Option(0, "--workers", help="Encoding processes (0 = every core)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    val_fraction: Optional[float] = typer.Option(
+        None, "--val-fraction", help="Hold out this share of every class as the test split (class folders without val/)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the images --val-fraction holds out."),
 ) -> None:
     """Convert a dataset into FFCV betons (atomic: an interrupted run leaves no finished-looking file)."""
     from fasttarget.convert import ConvertConfig
@@ -41,7 +44,8 @@ def convert(
 
     meta = run_convert(ConvertConfig(
         dataset=dataset, source=source, out=out, force=force, download=download, jpeg_quality=jpeg_quality,
-        max_side=max_side, compress_probability=compress_probability, skip_bad=skip_bad, num_workers=workers, progress=progress,
+        max_side=max_side, compress_probability=compress_probability, skip_bad=skip_bad, num_workers=workers, progress=progress, val_fraction=val_fraction,
+        seed=seed,
     ))
     typer.echo(describe(meta))
     typer.echo(f"wrote {out}")

@@ -9,11 +9,10 @@ Subset options (the paper's IPC scaling) for any command that trains on or score
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from fasttarget.subsets import SubsetConfig
 
 IpcOption = Annotated[Optional[int], typer.Option(
     "--ipc", help="Use only N training images per class (stratified; nested across N for one seed).")]
@@ -23,6 +22,19 @@ SubsetSeedOption = Annotated[int, typer.Option(
     "--subset-seed", help="Seed of the per-class order the subset is drawn from.")]
 
 
-def subset_config(ipc: int | None, fraction: float | None, subset_seed: int) -> SubsetConfig:
-    """The :class:`SubsetConfig` the shared options describe (raises UserError on bad values)."""
+def subset_config(ipc: int | None, fraction: float | None, subset_seed: int):
+    """The :class:`~fasttarget.subsets.SubsetConfig` the shared options describe (raises UserError on bad values)."""
+    from fasttarget.subsets import SubsetConfig
+
     return SubsetConfig(ipc=ipc, fraction=fraction, seed=subset_seed)
+
+
+def dataset_meta(data: Path):
+    """``--data``'s :class:`~fasttarget.dataset.DatasetMeta`, read before a command imports torch.
+
+    The library reads it again; reading it first makes a wrong ``--data`` fail within a blink
+    instead of after the seconds torch and ffcv take to import.
+    """
+    from fasttarget.dataset import DatasetMeta
+
+    return DatasetMeta.load(data)

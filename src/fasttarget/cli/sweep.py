@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fasttarget.sweep import BACKENDS, BackendConfig, SlurmSettings, SweepConfig, describe_plan, run_sweep
+from fasttarget.choices import SWEEP_BACKENDS
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,7 @@ def sweep(
     config: Path = typer.Argument(..., help="Sweep configuration (TOML), e.g. configs/smoke.toml."),
     out: Path = typer.Option(..., "--out", help="Sweep directory (created; an existing one is resumed). "
                              "On a cluster: storage every worker sees."),
-    backend: str = typer.Option("local", "--backend", help=f"Where units run: {', '.join(BACKENDS)}."),
+    backend: str = typer.Option("local", "--backend", help=f"Where units run: {', '.join(SWEEP_BACKENDS)}."),
     workers: Optional[int] = typer.Option(
         None, "--workers", help="local: worker processes (default: one per visible GPU, else CPU cores / "
         "[resources.run] num_cpus; 1 runs units in this process). slurm: most jobs at once."),
@@ -43,6 +43,7 @@ def sweep(
 ) -> None:
     """Train every run of a grid (teachers and caches once, shared); resumable and idempotent."""
     from fasttarget.errors import UserError
+    from fasttarget.sweep import BackendConfig, SlurmSettings, SweepConfig, describe_plan
 
     if retries < 0:
         raise UserError(f"--retries must be ≥ 0, got {retries}")
@@ -69,6 +70,8 @@ def sweep(
 def _run_with_bar(cfg: SweepConfig, out: Path, backend: BackendConfig, retries: int, max_fleet: int | None):
     """Run the sweep with one line per unit on stdout and an overall bar (units, ETA) on stderr."""
     from tqdm import tqdm
+
+    from fasttarget.sweep import run_sweep
 
     bar = tqdm(total=0, unit="unit", desc="sweep", file=sys.stderr, disable=None, dynamic_ncols=True)
 

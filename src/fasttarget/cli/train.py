@@ -12,14 +12,16 @@ from typing import Optional
 
 import typer
 
-from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption
+from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, dataset_meta
+from fasttarget.errors import UserError
 
 ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50, vit_s, or "
                                                      "torchvision:NAME, timm:NAME, module.path:factory.")
 WidthOption = typer.Option(1.0, "--width", help="Multiplier of ResNet-18's base width 64 (0.25 = 16 channels).")
 DeviceOption = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available).")
 CompileOption = typer.Option(None, "--compile/--no-compile", help="torch.compile the network (default: on CUDA only).")
-ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+ProgressOption = typer.Option(True, "--progress/--no-progress",
+                              help="Report progress: a bar on a terminal, else one line per evaluation.")
 
 
 def register(app: typer.Typer) -> None:
@@ -51,11 +53,11 @@ def teacher(
     compile: Optional[bool] = CompileOption,
     force: bool = typer.Option(False, "--force", help="Retrain a ladder already in --out."),
     progress: bool = ProgressOption,
+    eval_subset: Optional[int] = typer.Option(
+        None, "--eval-subset", help="Evaluate the schedule on about N test images (seeded, per class); "
+        "each saved teacher is then measured on the whole test split."),
 ) -> None:
     """Train teachers with one-hot CE and save the first checkpoint reaching each target accuracy."""
-    from fasttarget.errors import UserError
-    from fasttarget.teacher import LadderConfig, train_ladder
-
     targets = list(accuracies or [])
     # click options take one value each; the rest of `--accuracies 0.3 0.5 0.7` arrives as extra args.
     for extra in ctx.args:
@@ -63,15 +65,20 @@ def teacher(
             targets.append(float(extra))
         except ValueError:
             raise UserError(f"unexpected argument {extra!r}: see `fasttarget teacher --help`") from None
+    dataset_meta(data)
+    from fasttarget.teacher import LadderConfig, train_ladder
+
     result = train_ladder(LadderConfig(
         data=data, out=out, accuracies=tuple(targets), aug=aug, arch=arch, width=width, max_steps=max_steps,
         eval_every=eval_every, tolerance=tolerance, seed=seed, random_init=random_init,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, device=device, compile=compile, force=force, progress=progress,
+        eval_subset=eval_subset,
     ))
     for rung in result.rungs:
         target = "random" if rung.target is None else f"{rung.target * 100:g}%"
-        typer.echo(f"target {target:>6}: {rung.path}  measured {rung.accuracy:.2%} at step {rung.step}")
+        on_subset = "" if rung.subset_accuracy is None else f" ({rung.subset_accuracy:.2%} on the evaluation subset)"
+        typer.echo(f"target {target:>6}: {rung.path}  measured {rung.accuracy:.2%}{on_subset} at step {rung.step}")
     if result.missed:
         missed = ", ".join(f"{t * 100:g}%" for t in result.missed)
         typer.echo(f"missed {missed} within {result.steps} steps (best {result.best_accuracy:.2%}): "
@@ -121,14 +128,14 @@ def train(
                                "each writing --out/NAME as its solo run would (repeat the option)."),
 ) -> None:
     """Train a student on Strategy A, B or C targets and write its run directory (or a fleet: --member)."""
-    from fasttarget.errors import UserError
-    from fasttarget.train import TrainConfig, distributed_info
-    from fasttarget.train import train as run_train
-
     if member and (strategy or teacher or cache):
         raise UserError("--member gives each fleet member its strategy and file: drop --strategy/--teacher/--cache")
     if not member and strategy is None:
         raise UserError("pass --strategy A|B|C (one run) or --member … (a fleet): see `fasttarget train --help`")
+    dataset_meta(data)
+    from fasttarget.train import TrainConfig, distributed_info
+    from fasttarget.train import train as run_train
+
     cfg = TrainConfig(
         data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,

@@ -27,10 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from fasttarget.choices import SWEEP_BACKENDS
 from fasttarget.errors import UserError
 from fasttarget.sweep.config import Resources
 
-BACKENDS = ("local", "ray", "slurm")
+BACKENDS = SWEEP_BACKENDS
 SLURM_CLUSTERS = ("slurm", "local")
 
 
