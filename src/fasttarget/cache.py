@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fasttarget.choices import DTYPES, FORMS
+from fasttarget.choices import DTYPES
 from fasttarget.dataset import DatasetMeta
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
