@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_train import FASTTARGET, QUICK, make_teacher, run_cli
+from test_train import QUICK, make_teacher, run_cli
 
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.train import CHECKPOINT, LOCK_FILE, TrainConfig, default_cache_path, train
+
+FASTTARGET = Path(sys.executable).with_name("fasttarget")
 
 # A finished 4-step run with a checkpoint at each evaluation.
 RUN = dict(strategy="A", aug="stdaug", steps=4, eval_every=2, ipc=20, batch_size=32, width=0.125, device="cpu",
