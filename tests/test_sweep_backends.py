@@ -93,6 +93,7 @@ def test_ray_worker_killed_mid_run_then_rerun(local_ray, reference, tmp_path):
     assert results(tmp_path) == reference
 
 
+@pytest.mark.slow  # ~50 s; submitit's local executor also runs fleet units in test_sweep_fleets.py
 def test_slurm_through_submitits_local_executor_agrees_with_local(reference, tmp_path, monkeypatch):
     need("submitit")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))

@@ -60,8 +60,10 @@ def metrics(run: Path, drop=TIMING) -> list[dict]:
     (["--strategy", "A", "--width", "0"], "--width must be in (0, 8], got 0.0"),
     (["--strategy", "A", "--resume", "--force"], "pass one of them"),
 ])
-def test_bad_flag_combinations_exit_2(tmp_path, monkeypatch, capsys, args, message):
-    code, err = run_cli(monkeypatch, capsys, "train", "--data", tmp_path, "--out", tmp_path / "run", *args)
+def test_bad_flag_combinations_exit_2(sample_dir, tmp_path, monkeypatch, capsys, args, message):
+    # A converted dataset, so that each flag's own check speaks (the dataset is checked first).
+    data = tmp_path if message == "is not a converted dataset" else sample_dir
+    code, err = run_cli(monkeypatch, capsys, "train", "--data", data, "--out", tmp_path / "run", *args)
     assert code == 2
     assert message in err and err.startswith("error: ") and "Traceback" not in err
 
