@@ -55,59 +55,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from fasttarget.errors import UserError
+from fasttarget.config import AUGMENT_NAMES, AugmentConfig, augment_components
 from fasttarget.kernels.resized_crop import resized_crop
 
 # ITU-R 601 luma weights, as in kornia.color.rgb_to_grayscale and torchvision.
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """What to augment and how strongly.
-
-    Args:
-        name: an augmentation name or a ``+`` composition (see the module docstring).
-        p: if set, overrides the application probability of every component (the paper's
-            are 0.8 color, 0.2 grayscale, 0.5 flip, 1 crop, 1 mix); ``0`` makes the augmentation
-            the identity, ``1`` applies every component to every sample.
-        brightness: jitter factors are drawn from ``[max(0, 1 - brightness), 1 + brightness]``.
-        contrast: as ``brightness``, for contrast.
-        saturation: as ``brightness``, for saturation.
-        crop_scale: range of the crop's area as a fraction of the image's.
-        crop_ratio: range of the crop's width / height.
-        mixup_alpha: MixUp's λ ~ Beta(mixup_alpha, mixup_alpha).
-        cutmix_alpha: CutMix's box area ~ 1 - Beta(cutmix_alpha, cutmix_alpha).
-        fuse_cpu: run color/grayscale/flip/crop of float32 CPU batches as one fused numba
-            kernel (several times faster); ``False`` uses the torch ops, as on GPU.
-    """
-
-    name: str = "stdaug"
-    p: float | None = None
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    fuse_cpu: bool = True
-
-    def __post_init__(self) -> None:
-        if self.p is not None and not 0.0 <= self.p <= 1.0:
-            raise UserError(f"augmentation probability p={self.p} is outside [0, 1]: pass a value in [0, 1]")
-        for key in ("brightness", "contrast", "saturation"):
-            if getattr(self, key) < 0:
-                raise UserError(f"jitter {key}={getattr(self, key)} is negative: pass a value >= 0")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"crop_scale={self.crop_scale} is not a range inside (0, 1]: pass e.g. (0.08, 1.0)")
-        lo, hi = self.crop_ratio
-        if not 0 < lo <= hi:
-            raise UserError(f"crop_ratio={self.crop_ratio} is not a positive range: pass e.g. (0.75, 1.333)")
-        for key in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"{key}={getattr(self, key)} must be > 0: pass e.g. 1.0")
 
 
 @dataclass
@@ -526,19 +478,6 @@ def box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
 
 # Components the fused CPU kernel implements; they come first in the canonical order.
 _FUSABLE = ("color", "gray", "flip", "crop")
-# Canonical order: the paper's StdAug order, mixing last.
-_ORDER = (*_FUSABLE, "mixup", "cutmix")
-_NAMES = {
-    "noaug": (),
-    "color": ("color",),
-    "flip": ("flip",),
-    "crop": ("crop",),
-    "stdaug": ("color", "gray", "flip", "crop"),
-    "mixup": ("mixup",),
-    "cutmix": ("cutmix",),
-}
-#: Every single augmentation name ``build_augment`` accepts (compose them with ``+``).
-AUGMENT_NAMES = tuple(_NAMES)
 
 
 def _build_op(component: str, cfg: AugmentConfig) -> _Op:
@@ -661,21 +600,7 @@ def build_augment(name: str | AugmentConfig) -> Augment:
         Augment('flip+color', ops=['color', 'flip'])
     """
     cfg = name if isinstance(name, AugmentConfig) else AugmentConfig(name=name)
-    components: list[str] = []
-    for part in cfg.name.lower().split("+"):
-        part = part.strip()
-        if part not in _NAMES:
-            raise UserError(
-                f"unknown augmentation {part!r} in {cfg.name!r}: use one of {', '.join(AUGMENT_NAMES)} joined by '+'"
-            )
-        for component in _NAMES[part]:
-            if component in components:
-                raise UserError(f"augmentation {cfg.name!r} applies {component!r} twice: list it once")
-            components.append(component)
-    if "mixup" in components and "cutmix" in components:
-        raise UserError(f"augmentation {cfg.name!r} has two mixes: use mixup or cutmix, not both")
-    components.sort(key=_ORDER.index)
-    return Augment(cfg, tuple(_build_op(c, cfg) for c in components))
+    return Augment(cfg, tuple(_build_op(c, cfg) for c in augment_components(cfg.name)))
 
 
 __all__ = [

@@ -64,12 +64,13 @@ import torch
 from tqdm import tqdm
 
 from fasttarget.choices import DTYPES
+from fasttarget.config import CacheBuildConfig, CacheForm
 from fasttarget.dataset import DatasetMeta
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
 from fasttarget.progress import show_bar
 from fasttarget.targets import TeacherModel, load_teacher
-from fasttarget.zoo import TeacherSpec, measure_test_accuracy, parse_teacher, teacher_file
+from fasttarget.zoo import TeacherSpec, measure_test_accuracy, teacher_file
 from fasttarget.zoo import teacher_sha256 as zoo_teacher_sha256
 
 CACHE_FORMAT = "fasttarget-target-cache"
@@ -87,89 +88,6 @@ _HASH_ROWS = 1 << 16
 DEVICE_TABLE_BYTES = 256 * 2**20
 # A verification record is trusted only if written this long after the file last changed.
 RECORD_MARGIN_NS = 2 * 10**9
-
-
-@dataclass(frozen=True)
-class CacheForm:
-    """Which form a cache holds: all logits, or the K largest with their classes.
-
-    Args:
-        top_k: K, or ``None`` for the full form.
-        dtype: storage type of the logits, ``"float16"`` or ``"float32"``.
-
-    Example:
-        >>> CacheForm().label, CacheForm(top_k=3, dtype="float32").label
-        ('full float16', 'top-3 float32')
-    """
-
-    top_k: int | None = None
-    dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"--top-k must be at least 1, got {self.top_k} (omit it for the full logits)")
-
-    @property
-    def label(self) -> str:
-        kept = "full" if self.top_k is None else f"top-{self.top_k}"
-        return f"{kept} {self.dtype}"
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        """How the form is recorded in a cache's attributes."""
-        return {"form": "full" if self.top_k is None else "top-k", "top_k": self.top_k or 0, "dtype": self.dtype}
-
-
-@dataclass(frozen=True)
-class CacheBuildConfig:
-    """What ``fasttarget cache build`` does.
-
-    Args:
-        data: converted dataset directory; its train split is scored.
-        teacher: teacher checkpoint (:func:`fasttarget.models.save_classifier`).
-        out: the HDF5 file to write.
-        temperature: default T recorded in the file (readers may choose another).
-        dtype: storage type of the logits, ``"float16"`` or ``"float32"``.
-        top_k: keep only the K largest logits of each sample (and their classes); ``None``
-            keeps all of them. Needs K < the class count.
-        res: the resolution of the scored view (the loader's ``res``; ``None``: the loader's
-            default, the images' own size for fixed-size data).
-        batch_size: images per teacher forward.
-        device: where the teacher runs; ``None`` = CUDA when available, else CPU.
-        compile: ``torch.compile`` the teacher (CUDA only).
-        progress: show a tqdm progress bar on stderr.
-    """
-
-    data: Path
-    teacher: Path | TeacherSpec
-    out: Path
-    temperature: float = 2.0
-    dtype: str = "float16"
-    top_k: int | None = None
-    res: int | None = None
-    batch_size: int = 512
-    device: str | None = None
-    compile: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("data", "out"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
-        object.__setattr__(self, "teacher", parse_teacher(self.teacher))
-        self.form  # noqa: B018 (validates dtype and top_k)
-        if self.res is not None and self.res < 8:
-            raise UserError(f"--res must be at least 8 pixels, got {self.res}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.temperature > 0:
-            raise UserError(f"--temperature must be positive, got {self.temperature}")
-
-
-    @property
-    def form(self) -> CacheForm:
-        return CacheForm(self.top_k, self.dtype)
 
 
 @dataclass(frozen=True)

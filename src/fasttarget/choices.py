@@ -24,3 +24,15 @@ SWEEP_BACKENDS = ("local", "ray", "slurm")
 
 FORMS = ("full", "top-k")
 """What a Strategy C cache stores per sample: all logits or the top k (:mod:`fasttarget.cache`)."""
+
+STRATEGIES = ("A", "B", "C")
+"""The paper's target strategies: A one-hot, B online teacher, C cached teacher (:mod:`fasttarget.targets`)."""
+
+LOSSES = ("separation", "coupled")
+"""Student losses: the paper's separation loss or plain KD (:mod:`fasttarget.losses`)."""
+
+ARCHS = ("resnet18", "resnet50", "vit_s")
+"""Built-in architectures (:mod:`fasttarget.models`); ecosystem ones are named ``SOURCE:NAME``."""
+
+LOADER_BACKENDS = ("auto", "resident", "ffcv")
+"""Loader backends (:mod:`fasttarget.loader`): ``auto`` picks resident when the split fits memory."""

@@ -32,24 +32,21 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from fasttarget.config import FleetConfig, Member, parse_members  # noqa: F401 (re-exported)
 from fasttarget.errors import UserError
 from fasttarget.losses import hard_targets
 from fasttarget.models import read_checkpoint
 from fasttarget.progress import Progress
-from fasttarget.targets import STRATEGIES
 from fasttarget.train import (
-    BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Throughput, TrainConfig, autocast,
+    BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Throughput, autocast,
     build_optimizer, build_run_student, checkpoint_entries, claimed, distributed_info, eval_loader_config,
     iterate_steps, open_run, prepare_model, resolve_device, save_final_model, set_rng_state, start_run, temporary_path,
     train_loader_config, training_subset, write_json,
@@ -57,131 +54,6 @@ from fasttarget.train import (
 
 FLEET_FORMAT = "fasttarget-fleet/1"
 FLEET_FILE = "fleet.json"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# Architectures whose layers all fuse (fasttarget.fused): checked before any file is opened.
-_FUSABLE = ("resnet18", "resnet50")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One student of a fleet: its run directory's name and its targets.
-
-    Args:
-        name: the member's directory under the fleet's ``--out``.
-        strategy: ``"A"``, ``"B"`` or ``"C"`` (see :class:`fasttarget.train.TrainConfig`).
-        teacher: B's teacher, or the teacher C builds its cache from.
-        cache: C's logits cache.
-        dir: its run directory when it is not ``<fleet --out>/<name>`` (a sweep keeps every
-            run under ``runs/<run_id>``, whether it trained alone or in a fleet).
-    """
-
-    name: str
-    strategy: str
-    teacher: Path | None = None
-    cache: Path | None = None
-    dir: Path | None = None
-
-
-def parse_members(specs: Sequence[str], check_files: bool = True) -> tuple[Member, ...]:
-    """``--member`` values → members with unique names.
-
-    A spec is ``[NAME=]STRATEGY[=FILE]``: ``A``; ``B=TEACHER.pt``; ``C=CACHE.h5`` (a file ending in
-    ``.h5`` is a cache, any other a teacher whose cache is built next to it, as ``--teacher`` does
-    for a solo C run). Without a name one is made from the strategy and the file's stem (``A``,
-    ``B-t30``, ``C-t30``), numbered ``-2``, ``-3`` … where that repeats a name.
-
-    Args:
-        check_files: refuse files that do not exist.
-
-    Raises:
-        UserError: a bad spec (unknown strategy, a file for A, none for B/C, a missing file, a
-            name that is not a plain directory name), or one name given twice.
-    """
-    parsed = [_parse_member(spec, check_files) for spec in specs]
-    given = [name for name, _ in parsed if name is not None]
-    repeated = sorted({name for name in given if given.count(name) > 1})
-    if repeated:
-        raise UserError(f"--member name {repeated[0]!r} is given twice: give each member its own name")
-    taken, members = set(given), []
-    for name, member in parsed:
-        if name is None:
-            stem = member.strategy if member.strategy == "A" else f"{member.strategy}-{_file(member).stem}"
-            name, number = stem, 1
-            while name in taken:
-                number += 1
-                name = f"{stem}-{number}"
-            taken.add(name)
-        members.append(dataclasses.replace(member, name=name))
-    return tuple(members)
-
-
-def _file(member: Member) -> Path:
-    return member.cache if member.cache is not None else member.teacher
-
-
-def _parse_member(spec: str, check_files: bool) -> tuple[str | None, Member]:
-    parts = spec.split("=")
-    name = None
-    if len(parts) == 3:
-        name, *parts = parts
-    elif len(parts) == 2 and parts[0].upper() not in STRATEGIES:
-        name, *parts = parts
-    elif len(parts) > 3:
-        raise UserError(f"--member {spec!r} is not [NAME=]STRATEGY[=FILE]: e.g. A, B=teacher.pt or t30=C=t30.h5")
-    strategy, path = parts[0].upper(), Path(parts[1]) if len(parts) == 2 else None
-    if name is not None and not _NAME.fullmatch(name):
-        raise UserError(f"--member {spec!r}: the name {name!r} is not a plain directory name: use letters, digits, "
-                        "'.', '_' and '-'")
-    if strategy not in STRATEGIES:
-        raise UserError(f"--member {spec!r}: unknown strategy {parts[0]!r}: choose one of {', '.join(STRATEGIES)}")
-    if strategy == "A" and path is not None:
-        raise UserError(f"--member {spec!r}: strategy A trains on one-hot labels and takes no file: pass --member A")
-    if strategy != "A" and path is None:
-        what = "a teacher checkpoint" if strategy == "B" else "a cache (.h5) or a teacher checkpoint"
-        raise UserError(f"--member {spec!r}: strategy {strategy} needs {what}: pass --member {strategy}=FILE")
-    if check_files and path is not None and not path.is_file():
-        raise UserError(f"--member {spec!r}: {path} does not exist: train a teacher with `fasttarget teacher` "
-                        "or build a cache with `fasttarget cache build`")
-    cache = path if strategy == "C" and path.suffix == ".h5" else None
-    teacher = path if path is not None and cache is None else None
-    return name, Member(name or "", strategy, teacher, cache)
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """A fleet: the settings its members share and the members.
-
-    Args:
-        base: the shared settings as a solo run's config: ``out`` is the fleet's directory,
-            ``strategy`` ``"A"`` and no teacher or cache (the members have theirs).
-        members: at least one, names unique (:func:`parse_members`).
-
-    Raises:
-        UserError: no members, repeated names, an architecture that does not fuse, or a
-            member whose solo config is refused.
-    """
-
-    base: TrainConfig
-    members: tuple[Member, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "members", tuple(self.members))
-        if not self.members:
-            raise UserError("a fleet needs at least one --member")
-        names = [m.name for m in self.members]
-        if len(set(names)) != len(names):
-            raise UserError("--member names repeat: give each member its own name")
-        if self.base.arch not in _FUSABLE:
-            raise UserError(f"--arch {self.base.arch} does not fuse into a fleet: use --arch "
-                            f"{' or '.join(_FUSABLE)}, or train its members as solo runs with --strategy")
-        for member in self.members:
-            self.member_config(member)  # validates
-
-    def member_config(self, member: Member) -> TrainConfig:
-        """The config of ``member``'s solo run: what its ``config.json`` holds."""
-        out = member.dir if member.dir is not None else self.base.out / member.name
-        return dataclasses.replace(self.base, out=out, strategy=member.strategy,
-                                   teacher=member.teacher, cache=member.cache)
 
 
 @dataclass(frozen=True)

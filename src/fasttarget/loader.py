@@ -63,7 +63,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fasttarget.augment import AugmentConfig, AugRecord, Augment, ResizedCrop, build_augment, center_crop_boxes
+from fasttarget.augment import AugRecord, Augment, ResizedCrop, build_augment, center_crop_boxes
+from fasttarget.config import BACKENDS, DEFAULT_MEMORY_BUDGET, LoaderConfig
 from fasttarget.dataset import DatasetMeta, check_split, read_image_sizes, read_labels, read_split
 from fasttarget.errors import UserError
 from fasttarget.order import permuted, stream_batches, stream_rows
@@ -72,9 +73,6 @@ from fasttarget.threads import kept_threads
 if TYPE_CHECKING:
     from fasttarget.subsets import SubsetConfig
 
-BACKENDS = ("auto", "resident", "ffcv")
-# Tiny-ImageNet's train split (100k x 64 x 64 x 3 = 1.2 GB) fits, ImageNet's does not.
-DEFAULT_MEMORY_BUDGET = 4 * 2**30
 
 # First word of the augmentation's seed sequences (the order's is fasttarget.order.ORDER_STREAM).
 _AUGMENT_STREAM = 0xA6
@@ -83,92 +81,6 @@ _CROP_STREAM = 0xC5
 DEFAULT_RES = 224
 
 TargetFn = Callable[["Batch"], Tensor]
-
-
-@dataclass(frozen=True)
-class LoaderConfig:
-    """How to load one split.
-
-    Args:
-        data_dir: a converted dataset directory (``fasttarget convert``); required by
-            :func:`build_loader`, unused by :meth:`ResidentLoader.from_arrays`.
-        split: ``"train"`` or ``"test"``.
-        batch_size: samples per batch (per rank).
-        shuffle: a new random order each epoch; ``False`` keeps index order.
-        drop_last: drop the last incomplete batch (the paper trains with it).
-        seed: seeds the order of every epoch and the augmentation of every batch.
-        augment: augmentation name such as ``"stdaug+mixup"`` (see :mod:`fasttarget.augment`)
-            or an :class:`~fasttarget.augment.AugmentConfig`.
-        backend: ``"resident"``, ``"ffcv"``, or ``"auto"``: resident when the decoded split
-            fits ``memory_budget_bytes``.
-        device: where batches are delivered (``"cpu"``, ``"cuda"``, ``"cuda:1"`` …).
-        subset: an IPC or fraction subset of the split (:class:`~fasttarget.subsets.SubsetConfig`).
-        memory_budget_bytes: the largest decoded split ``"auto"`` keeps resident.
-        num_workers: ffcv decoding threads.
-        os_cache: ffcv reads through the OS page cache (shared by processes on one machine)
-            instead of its own process cache.
-        quasi_random: ffcv's page-local random order (``OrderOption.QUASI_RANDOM``), which
-            reads far less from disk when the beton does not fit in memory (pair it with
-            ``os_cache=False``). Implies the ffcv backend; one process only; still
-            deterministic per ``(seed, epoch)``, but not the order the resident backend walks.
-        rank, world_size: this process's shard; both ``None`` takes them from an initialized
-            ``torch.distributed`` process group, else a single process.
-        res: output side in pixels. Variable-size data is cut to ``res x res`` at decode time
-            (default :data:`DEFAULT_RES`); fixed-size data is delivered at its own size, which
-            ``res`` may only repeat.
-        stream: cut batches from a stream of per-epoch permutations (:mod:`fasttarget.order`),
-            across epoch boundaries, so a subset smaller than a batch still trains with the
-            full batch (the paper's batch 128 at IPC 10); a pass is then about one epoch.
-    """
-
-    data_dir: str | Path | None = None
-    split: str = "train"
-    batch_size: int = 128
-    shuffle: bool = True
-    drop_last: bool = True
-    seed: int = 0
-    augment: str | AugmentConfig = "noaug"
-    backend: str = "auto"
-    device: str | torch.device = "cpu"
-    subset: SubsetConfig | None = None
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
-    num_workers: int = 2
-    os_cache: bool = True
-    quasi_random: bool = False
-    rank: int | None = None
-    world_size: int | None = None
-    res: int | None = None
-    stream: bool = False
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise UserError(f"batch_size={self.batch_size} must be >= 1: pass e.g. 128")
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown loader backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        if self.seed < 0:
-            raise UserError(f"seed={self.seed} must be >= 0")
-        if self.num_workers < 1:
-            raise UserError(f"num_workers={self.num_workers} must be >= 1")
-        if (self.rank is None) != (self.world_size is None):
-            raise UserError("rank and world_size go together: pass both, or neither to use torch.distributed")
-        if self.world_size is not None and not 0 <= self.rank < self.world_size:  # type: ignore[operator]
-            raise UserError(f"rank={self.rank} is not in [0, world_size={self.world_size})")
-        if self.res is not None and not 8 <= self.res <= 4096:
-            raise UserError(f"res={self.res} is not an image side: pass e.g. 224 (between 8 and 4096)")
-        if self.quasi_random and (self.backend == "resident" or not self.shuffle):
-            raise UserError("quasi_random is a shuffled ffcv order: use it with backend 'ffcv' or 'auto' and shuffle=True")
-        if self.quasi_random and self.stream:
-            raise UserError("stream and quasi_random are two sample orders: pick one")
-        build_augment(self.augment)  # raises UserError on an unknown name
-
-    def shard(self) -> tuple[int, int]:
-        """``(rank, world_size)``: the configured ones, else the initialized process group's."""
-        if self.world_size is not None:
-            return self.rank, self.world_size  # type: ignore[return-value]
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
 
 
 @dataclass

@@ -31,10 +31,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fasttarget.choices import LOSSES
 from fasttarget.errors import UserError
 from fasttarget.models import ModelConfig, Student
 
-LOSSES = ("separation", "coupled")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -39,43 +39,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from fasttarget.choices import ARCHS
+from fasttarget.config import ModelConfig
 from fasttarget.dataset import file_sha256  # noqa: F401 (re-exported: teachers are named by it)
 from fasttarget.errors import UserError
 
-ARCHS = ("resnet18", "resnet50", "vit_s")
 CHECKPOINT_FORMAT = "fasttarget-model/1"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which network to build.
-
-    Args:
-        arch: one of :data:`ARCHS`.
-        width: multiplier of the architecture's base width (1.0 = the paper's model).
-        num_classes: size of the classifier heads.
-        image_size: input side in pixels, the loader's output resolution (``--res``); it picks
-            the ResNet stem (:func:`imagenet_stem`) and the ViT patch size.
-    """
-
-    arch: str = "resnet18"
-    width: float = 1.0
-    num_classes: int = 10
-    image_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            from fasttarget.zoo import check_student_spec
-
-            check_student_spec(self.arch, ARCHS)
-            if self.width != 1.0:
-                raise UserError(f"--width scales the built-in architectures only: drop it for {self.arch}")
-        if not 0 < self.width <= 8:
-            raise UserError(f"--width must be in (0, 8], got {self.width}")
-        if self.num_classes < 2:
-            raise UserError(f"num_classes must be at least 2, got {self.num_classes}")
-        if self.image_size < 8:
-            raise UserError(f"--res must be at least 8 pixels, got {self.image_size}")
 
 
 # Above this side the ResNets switch from the CIFAR stem to the ImageNet one.

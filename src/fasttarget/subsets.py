@@ -19,47 +19,11 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from fasttarget.config import SubsetConfig
 from fasttarget.errors import UserError
-
-
-@dataclass(frozen=True)
-class SubsetConfig:
-    """Which rows of a split to use.
-
-    Args:
-        ipc: images per class (the paper's IPC); ``None`` for no cap.
-        fraction: share of every class in ``(0, 1]``, rounded up per class; ``None`` for all.
-        seed: fixes each class's order; subsets of one seed are nested.
-    """
-
-    ipc: int | None = None
-    fraction: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.ipc is not None and self.fraction is not None:
-            raise UserError("--ipc and --fraction exclude each other: pass only one")
-        if self.ipc is not None and self.ipc < 1:
-            raise UserError(f"--ipc must be at least 1, got {self.ipc}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise UserError(f"--fraction must be in (0, 1], got {self.fraction}")
-
-    @property
-    def is_full(self) -> bool:
-        """True when the config selects every row."""
-        return self.ipc is None and (self.fraction is None or self.fraction == 1)
-
-    def describe(self) -> str:
-        """A short label such as ``"ipc10-seed0"``, ``"frac0.5-seed0"`` or ``"full"``."""
-        if self.ipc is not None:
-            return f"ipc{self.ipc}-seed{self.seed}"
-        if self.fraction is not None and self.fraction != 1:
-            return f"frac{self.fraction:g}-seed{self.seed}"
-        return "full"
 
 
 def select_subset(labels: np.ndarray, cfg: SubsetConfig) -> np.ndarray:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fasttarget.choices import STRATEGIES
 from fasttarget.errors import UserError
 from fasttarget.models import load_classifier, memory_format
 
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from fasttarget.cache import CacheForm, TargetCache
     from fasttarget.dataset import DatasetMeta
     from fasttarget.loader import Batch
-
-STRATEGIES = ("A", "B", "C")
 
 
 @runtime_checkable

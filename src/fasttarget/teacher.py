@@ -45,16 +45,16 @@ from typing import Any
 
 import torch
 
+from fasttarget.config import LadderConfig
 from fasttarget.errors import UserError
 from fasttarget.losses import hard_targets, soft_cross_entropy
-from fasttarget.models import ARCHS, CheckpointInfo, ModelConfig, build_classifier, save_classifier
+from fasttarget.models import CheckpointInfo, ModelConfig, build_classifier, save_classifier
 from fasttarget.progress import Progress
 from fasttarget.train import (
     BAR_EVERY,
     Throughput,
     autocast,
     build_optimizer,
-    check_hyperparameters,
     evaluate,
     iterate_steps,
     prepare_model,
@@ -74,78 +74,6 @@ RANDOM_FILE = "teacher-random.pt"
 def teacher_filename(target: float) -> str:
     """``0.3`` → ``"teacher-acc30.pt"`` (``0.305`` → ``"teacher-acc30.5.pt"``)."""
     return f"teacher-acc{round(target * 100, 6):g}.pt"
-
-
-@dataclass(frozen=True)
-class LadderConfig:
-    """A teacher ladder (``fasttarget teacher``).
-
-    Args:
-        data: converted dataset directory.
-        out: directory for the teachers and ``ladder.json``.
-        accuracies: target test accuracies in ``(0, 1)``.
-        aug: augmentation of the teacher's training views.
-        arch, width: the teacher network (``width`` multiplies ResNet-18's base width 64).
-        max_steps: give up on the remaining targets after this many steps.
-        eval_every: the most steps between two evaluations (the learning curve's slope
-            usually schedules them sooner; see :class:`Ladder`).
-        tolerance: how far above a target a saved teacher may land; evaluations are
-            scheduled to cross each target by about half of it.
-        seed: seed of the initialization, data order and augmentation.
-        random_init: also save the untrained network as ``teacher-random.pt``.
-        batch_size, lr, weight_decay: the optimizer's (AdamW).
-        ipc, fraction, subset_seed: train the teachers on a class-stratified subset.
-        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
-        compile: ``torch.compile``; ``None`` = on CUDA only.
-        force: overwrite a ladder already in ``out``.
-        progress: report progress (:class:`fasttarget.progress.Progress`).
-        eval_subset: evaluate the schedule on about this many test images (seeded by ``seed``,
-            stratified); ``None`` for the whole test split.
-    """
-
-    data: Path
-    out: Path
-    accuracies: tuple[float, ...] = (0.3, 0.5, 0.7)
-    aug: str = "stdaug"
-    arch: str = "resnet18"
-    width: float = 1.0
-    max_steps: int = 20_000
-    eval_every: int = 100
-    tolerance: float = 0.01
-    seed: int = 0
-    random_init: bool = False
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    ipc: int | None = None
-    fraction: float | None = None
-    subset_seed: int = 0
-    device: str | None = None
-    compile: bool | None = None
-    force: bool = False
-    progress: bool = True
-    eval_subset: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "accuracies", tuple(sorted(float(a) for a in self.accuracies)))
-        if not self.accuracies and not self.random_init:
-            raise UserError("no teacher to train: pass --accuracies (e.g. 0.3 0.5 0.7) and/or --random-init")
-        bad = [a for a in self.accuracies if not 0 < a < 1]
-        if bad:
-            raise UserError(f"--accuracies must be fractions in (0, 1), got {bad}: write 0.3 for 30 %")
-        if len(set(self.accuracies)) != len(self.accuracies):
-            raise UserError(f"--accuracies lists a target twice: {list(self.accuracies)}")
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
-        check_hyperparameters(self.lr, self.weight_decay, max_steps=self.max_steps, eval_every=self.eval_every,
-                              batch_size=self.batch_size)
-        if not 0 < self.tolerance < 1:
-            raise UserError(f"--tolerance must be a fraction in (0, 1), got {self.tolerance}: write 0.01 for 1 %")
-        training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
-        if self.eval_subset is not None and self.eval_subset < 1:
-            raise UserError(f"--eval-subset must be at least 1 test image, got {self.eval_subset}")
 
 
 class Ladder:

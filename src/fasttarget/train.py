@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import time
@@ -57,13 +56,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fasttarget.config import TrainConfig, check_hyperparameters, training_subset  # noqa: F401 (re-exported)
 from fasttarget.errors import UserError
 from fasttarget.locking import exclusive_lock
-from fasttarget.losses import LOSSES, build_student, hard_targets, loss_terms
+from fasttarget.losses import build_student, hard_targets, loss_terms
 from fasttarget.models import ModelConfig, _unwrap, place, read_checkpoint
 from fasttarget.progress import Progress
-from fasttarget.targets import STRATEGIES
-from fasttarget.zoo import TeacherSpec, parse_teacher, teacher_file, teacher_sha256
+from fasttarget.zoo import teacher_file, teacher_sha256
 
 RUN_FORMAT = "fasttarget-run/1"
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -81,138 +80,7 @@ BAR_EVERY = 10
 _WHERE_AND_HOW = ("out", "data", "teacher", "cache", "resume", "force", "progress", "device", "compile")
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """One student training run (``fasttarget train``).
-
-    Args:
-        data: converted dataset directory.
-        out: run directory.
-        strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
-        teacher: teacher checkpoint, or ``torchvision:NAME[@SIZE]=FILE`` / ``timm:NAME[@SIZE]=FILE``
-            (a state dict, :mod:`fasttarget.zoo`); required for B; for C it names the cache's teacher and,
-            without ``cache``, the cache is built (or reused) next to it.
-        cache: Strategy C's logits cache (``fasttarget cache build``).
-        aug: augmentation name (``fasttarget.augment``), e.g. ``"stdaug+mixup"``.
-        steps: optimizer steps to train. With ``resume`` it may be raised above the run's: the run
-            then continues to the new count (the learning rate is constant, so this is the run trained
-            to the new count from the start; see :func:`open_run`).
-        eval_every: steps between evaluations on the test split (the last step is always evaluated).
-        checkpoint_every: steps between checkpoints, a multiple of ``eval_every`` (default: ``eval_every``).
-        seed: seed of the initialization, data order and augmentation parameters.
-        ipc, fraction, subset_seed: train on a class-stratified subset (images per class or a fraction).
-        arch, width: the student (``width`` multiplies ResNet-18's base width 64); ``arch`` may also be
-            ``torchvision:NAME``, ``timm:NAME`` or ``module.path:factory`` (``--student``, :mod:`fasttarget.zoo`).
-        loss: ``"separation"`` (the paper's) or ``"coupled"`` (plain KD), see :mod:`fasttarget.losses`.
-        temperature: T of the soft targets and of ``g``'s softmax.
-        batch_size: global batch (split across ranks under DDP).
-        res: image side the loader delivers and the student is built for (``LoaderConfig.res``):
-            variable-size data is cropped to it at decode time (default 224); fixed-size data
-            keeps its own size.
-        stream: cut batches across epoch boundaries (:mod:`fasttarget.order`), so a subset
-            smaller than a batch trains with the full batch; without it such a subset is an error.
-        lr, weight_decay: AdamW's.
-        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
-        compile: ``torch.compile`` the student; ``None`` = on CUDA only.
-        resume: continue the run in ``out`` from its last checkpoint (a fresh start if it has none).
-        force: start over: delete the run already in ``out`` (its :data:`RUN_FILES`) first.
-        progress: show a progress bar.
-    """
-
-    data: Path
-    out: Path
-    strategy: str = "A"
-    teacher: Path | TeacherSpec | None = None
-    cache: Path | None = None
-    aug: str = "stdaug"
-    steps: int = 1000
-    eval_every: int = 100
-    checkpoint_every: int | None = None
-    seed: int = 0
-    ipc: int | None = None
-    fraction: float | None = None
-    subset_seed: int = 0
-    arch: str = "resnet18"
-    width: float = 1.0
-    loss: str = "separation"
-    temperature: float = 2.0
-    batch_size: int = 128
-    stream: bool = False
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    res: int | None = None
-    device: str | None = None
-    compile: bool | None = None
-    resume: bool = False
-    force: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("data", "out", "cache"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, Path(value))
-        if self.teacher is not None:
-            object.__setattr__(self, "teacher", parse_teacher(self.teacher))
-        if self.checkpoint_every is None:
-            object.__setattr__(self, "checkpoint_every", self.eval_every)
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if self.strategy == "A" and (self.teacher or self.cache):
-            raise UserError("strategy A trains on one-hot labels and uses no teacher: drop --teacher/--cache")
-        if self.strategy == "B" and self.teacher is None:
-            raise UserError("strategy B needs a teacher: pass --teacher CKPT (train one with `fasttarget teacher`)")
-        if self.strategy == "B" and self.cache is not None:
-            raise UserError("strategy B scores every view online and reads no cache: drop --cache (or use --strategy C)")
-        if self.strategy == "C" and self.teacher is None and self.cache is None:
-            raise UserError("strategy C needs --cache FILE or --teacher CKPT (the cache is then built next to it)")
-        if self.loss not in LOSSES:
-            raise UserError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        ModelConfig(arch=self.arch, width=self.width)  # validates
-        check_hyperparameters(self.lr, self.weight_decay, steps=self.steps, eval_every=self.eval_every,
-                              batch_size=self.batch_size)
-        if self.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {self.seed}")
-        if self.checkpoint_every < 1 or self.checkpoint_every % self.eval_every:
-            raise UserError(f"--checkpoint-every ({self.checkpoint_every}) must be a positive multiple of "
-                            f"--eval-every ({self.eval_every}): resume restarts at an evaluation")
-        training_subset(self.ipc, self.fraction, self.subset_seed)  # validates
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise UserError(f"--temperature must be a positive number, got {self.temperature}")
-        if self.device not in (None, "cpu", "cuda"):
-            raise UserError(f"--device must be cpu or cuda, got {self.device!r}")
-        if self.resume and self.force:
-            raise UserError("--resume continues the run in --out and --force deletes it: pass one of them")
-
-    def to_json(self) -> dict[str, Any]:
-        """The config as JSON-ready values (paths as strings)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: str(v) if isinstance(v, (Path, TeacherSpec)) else v for k, v in values.items()}
-
-
 # ---------------------------------------------------------------- pieces shared with the teacher ladder
-
-
-def check_hyperparameters(lr: float, weight_decay: float, **counts: int) -> None:
-    """Refuse optimizer settings and counts that no run can train with.
-
-    One check for every config that trains (:class:`TrainConfig`, the teacher ladder's).
-
-    Args:
-        lr: AdamW's learning rate: a finite number above 0.
-        weight_decay: AdamW's decoupled weight decay: a finite number, 0 or more.
-        counts: step and batch counts by their field name (``steps=1000``), each at least 1.
-
-    Raises:
-        UserError: the first bad value, named by its command-line flag.
-    """
-    if not (math.isfinite(lr) and lr > 0):
-        raise UserError(f"--lr must be a positive number, got {lr}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise UserError(f"--weight-decay must be a number, 0 or more, got {weight_decay}")
-    for name, value in counts.items():
-        if value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -336,18 +204,6 @@ class Throughput:
 
     def reset(self) -> None:
         self.images, self.seconds, self._start = 0, 0.0, time.perf_counter()
-
-
-def training_subset(ipc: int | None, fraction: float | None, seed: int):
-    """``--ipc``/``--fraction`` as a :class:`~fasttarget.subsets.SubsetConfig`; ``None`` for the whole split.
-
-    Raises:
-        UserError: both given, or a bad value.
-    """
-    from fasttarget.subsets import SubsetConfig
-
-    subset = SubsetConfig(ipc=ipc, fraction=fraction, seed=seed)
-    return None if subset.is_full else subset
 
 
 def train_loader_config(data: Path, batch_size: int, aug: str, seed: int, device: torch.device, subset=None,

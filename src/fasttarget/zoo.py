@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,36 +47,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fasttarget.config import SOURCES, STUDENT_FORMS, TeacherSpec, check_student_spec, is_student_spec, parse_teacher  # noqa: F401 (re-exported)
 from fasttarget.errors import UserError
 
-SOURCES = ("torchvision", "timm")
 # torchvision's classification weights all use these; the fallback for a model without weights metadata.
 IMAGENET_MEAN, IMAGENET_STD, IMAGENET_SIZE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224
-STUDENT_FORMS = "torchvision:NAME, timm:NAME or module.path:factory"
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A teacher built from the ecosystem: ``SOURCE:NAME[@SIZE]=FILE``.
-
-    Args:
-        source: ``"torchvision"`` or ``"timm"``.
-        name: the architecture, as ``torchvision.models.get_model`` / ``timm.create_model`` name it.
-        file: the state-dict file.
-        size: input side the teacher scores at; ``None`` = the architecture's default.
-    """
-
-    source: str
-    name: str
-    file: Path
-    size: int | None = None
-
-    def __str__(self) -> str:
-        size = "" if self.size is None else f"@{self.size}"
-        return f"{self.source}:{self.name}{size}={self.file}"
-
-    def absolute(self) -> TeacherSpec:
-        return replace(self, file=self.file.absolute())
 
 
 @dataclass(frozen=True)
@@ -87,27 +61,6 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     size: int
-
-
-def parse_teacher(value: str | Path | TeacherSpec) -> Path | TeacherSpec:
-    """A ``--teacher`` value: a :class:`TeacherSpec` for ``torchvision:``/``timm:`` ones, else a path.
-
-    Raises:
-        UserError: a ``torchvision:``/``timm:`` value without ``=FILE`` or with a bad ``@SIZE``.
-    """
-    if isinstance(value, TeacherSpec):
-        return value
-    text = str(value)
-    source, colon, rest = text.partition(":")
-    if not colon or source not in SOURCES:
-        return Path(value)
-    arch, equals, file = rest.partition("=")
-    name, at, size = arch.partition("@")
-    if not (equals and file and name):
-        raise UserError(f"--teacher {text}: name the architecture and its state-dict file, as {source}:NAME=FILE")
-    if at and not (size.isdigit() and int(size) >= 8):
-        raise UserError(f"--teacher {text}: @SIZE is the teacher's input side in pixels (8 or more), got {size!r}")
-    return TeacherSpec(source, name, Path(file), int(size) if at else None)
 
 
 def teacher_file(value: str | Path | TeacherSpec) -> Path:
@@ -220,18 +173,6 @@ def _state_mismatch(net: nn.Module, state: Any) -> str:
 
 
 # ---------------------------------------------------------------- students
-
-
-def is_student_spec(arch: str) -> bool:
-    """Whether an architecture name is an ecosystem student (``SOURCE:NAME``) rather than a built-in."""
-    return ":" in arch
-
-
-def check_student_spec(arch: str, builtins: Sequence[str]) -> None:
-    """Refuse an architecture that is neither built in nor of the forms in :data:`STUDENT_FORMS`."""
-    source, _, name = arch.partition(":")
-    if not (is_student_spec(arch) and source and name):
-        raise UserError(f"unknown architecture {arch!r}: choose one of {', '.join(builtins)}, or {STUDENT_FORMS}")
 
 
 def build_backbone(arch: str, num_classes: int, image_size: int) -> nn.Module:

@@ -6,9 +6,10 @@ line on stderr and exit code 2.
 
 Startup: ``fasttarget --help``, option parsing and the user errors found while parsing must
 not wait for torch, ffcv or numba (seconds to import). Command modules therefore import only
-typer and light fasttarget modules (:mod:`fasttarget.choices`, :mod:`fasttarget.errors`) at
-their top and the library inside each command function; a command that needs ``--data``
-reads its ``meta.json`` first (:func:`fasttarget.cli.options.dataset_meta`).
+typer and light fasttarget modules (:mod:`fasttarget.choices`, :mod:`fasttarget.config`,
+:mod:`fasttarget.errors`) at their top and the library inside each command function. A command
+reads ``--data``'s ``meta.json`` first (:func:`fasttarget.cli.options.dataset_meta`) and builds
+its config, which checks every value, before it imports the library that acts on it.
 ``tests/test_startup.py`` checks that ``--help`` and such errors leave torch, ffcv and numba
 unimported.
 """

@@ -9,6 +9,7 @@ import typer
 
 from fasttarget.choices import DTYPES
 from fasttarget.cli.options import dataset_meta
+from fasttarget.config import CacheBuildConfig
 
 cache_app = typer.Typer(help="Build and inspect the teacher-logits cache of Strategy C.", no_args_is_help=True,
                         rich_markup_mode=None)  # plain help, as the app (fasttarget.cli)
@@ -36,12 +37,12 @@ def build(
 ) -> None:
     """Run the teacher once over every training sample's center-crop view and write its logits (streamed, atomic, resumable)."""
     dataset_meta(data)
-    from fasttarget.cache import CacheBuildConfig, build_cache
-
     cfg = CacheBuildConfig(
         data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype, top_k=top_k, res=res,
         batch_size=batch_size, device=device, compile=compile,
     )
+    from fasttarget.cache import build_cache
+
     report = build_cache(cfg)
     resumed = f", resumed after {report.rows_resumed} rows" if report.rows_resumed else ""
     typer.echo(f"wrote {report.path}: {report.rows} rows{resumed}, {report.images_per_second:.0f} img/s")

@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fasttarget.config import SubsetConfig
+
 IpcOption = Annotated[Optional[int], typer.Option(
     "--ipc", help="Use only N training images per class (stratified; nested across N for one seed).")]
 FractionOption = Annotated[Optional[float], typer.Option(
@@ -24,8 +26,6 @@ SubsetSeedOption = Annotated[int, typer.Option(
 
 def subset_config(ipc: int | None, fraction: float | None, subset_seed: int):
     """The :class:`~fasttarget.subsets.SubsetConfig` the shared options describe (raises UserError on bad values)."""
-    from fasttarget.subsets import SubsetConfig
-
     return SubsetConfig(ipc=ipc, fraction=fraction, seed=subset_seed)
 
 

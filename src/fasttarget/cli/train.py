@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, dataset_meta
+from fasttarget.config import FleetConfig, LadderConfig, TrainConfig, parse_members
 from fasttarget.errors import UserError
 
 ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50, vit_s, or "
@@ -66,15 +67,16 @@ def teacher(
         except ValueError:
             raise UserError(f"unexpected argument {extra!r}: see `fasttarget teacher --help`") from None
     dataset_meta(data)
-    from fasttarget.teacher import LadderConfig, train_ladder
-
-    result = train_ladder(LadderConfig(
+    cfg = LadderConfig(
         data=data, out=out, accuracies=tuple(targets), aug=aug, arch=arch, width=width, max_steps=max_steps,
         eval_every=eval_every, tolerance=tolerance, seed=seed, random_init=random_init,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, ipc=ipc, fraction=fraction,
         subset_seed=subset_seed, device=device, compile=compile, force=force, progress=progress,
         eval_subset=eval_subset,
-    ))
+    )
+    from fasttarget.teacher import train_ladder
+
+    result = train_ladder(cfg)
     for rung in result.rungs:
         target = "random" if rung.target is None else f"{rung.target * 100:g}%"
         on_subset = "" if rung.subset_accuracy is None else f" ({rung.subset_accuracy:.2%} on the evaluation subset)"
@@ -133,9 +135,6 @@ def train(
     if not member and strategy is None:
         raise UserError("pass --strategy A|B|C (one run) or --member … (a fleet): see `fasttarget train --help`")
     dataset_meta(data)
-    from fasttarget.train import TrainConfig, distributed_info
-    from fasttarget.train import train as run_train
-
     cfg = TrainConfig(
         data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,
@@ -144,8 +143,11 @@ def train(
         resume=resume, force=force, progress=progress,
     )
     if member:
-        _train_fleet(cfg, member)
+        _train_fleet(FleetConfig(cfg, parse_members(member)))
         return
+    from fasttarget.train import distributed_info
+    from fasttarget.train import train as run_train
+
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         _join_torchrun(device)
@@ -162,14 +164,14 @@ def train(
                    f"g {final['test_acc_g']:.2%}  ({final['wall_s']:.0f} s)")
 
 
-def _train_fleet(base, specs: list[str]) -> None:
-    from fasttarget.fleet import FleetConfig, parse_members, train_fleet
+def _train_fleet(cfg: FleetConfig) -> None:
+    from fasttarget.fleet import train_fleet
 
-    finals = train_fleet(FleetConfig(base, parse_members(specs)))
+    finals = train_fleet(cfg)
     for name, final in finals.items():
         accuracy = (f"test top-1 h {final['test_acc_h']:.2%}  g {final['test_acc_g']:.2%}"
                     if final["test_acc_h"] is not None else "no evaluation")
-        typer.echo(f"{base.out / name}: {final['status']} at step {final['step']}  {accuracy}  "
+        typer.echo(f"{cfg.base.out / name}: {final['status']} at step {final['step']}  {accuracy}  "
                    f"({final['wall_s']:.0f} s)")
 
 
