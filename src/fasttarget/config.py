@@ -41,6 +41,8 @@ from fasttarget.errors import UserError
 if TYPE_CHECKING:
     import torch
 
+    from fasttarget.dataset import DatasetMeta
+
 # ---------------------------------------------------------------- teachers and students (fasttarget.zoo)
 
 SOURCES = ("torchvision", "timm")
@@ -270,6 +272,8 @@ class SubsetConfig:
 BACKENDS = LOADER_BACKENDS
 # Tiny-ImageNet's train split (100k x 64 x 64 x 3 = 1.2 GB) fits, ImageNet's does not.
 DEFAULT_MEMORY_BUDGET = 4 * 2**30
+#: The output side of variable-size data when ``LoaderConfig.res`` is not set.
+DEFAULT_RES = 224
 
 
 @dataclass(frozen=True)
@@ -301,7 +305,7 @@ class LoaderConfig:
         rank, world_size: this process's shard; both ``None`` takes them from an initialized
             ``torch.distributed`` process group, else a single process.
         res: output side in pixels. Variable-size data is cut to ``res x res`` at decode time
-            (default :data:`~fasttarget.loader.DEFAULT_RES`); fixed-size data is delivered at its own size, which
+            (default :data:`DEFAULT_RES`); fixed-size data is delivered at its own size, which
             ``res`` may only repeat.
         stream: cut batches from a stream of per-epoch permutations (:mod:`fasttarget.order`),
             across epoch boundaries, so a subset smaller than a batch still trains with the
@@ -357,6 +361,23 @@ class LoaderConfig:
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
+
+
+def resolve_res(meta: DatasetMeta, res: int | None) -> int:
+    """The side of the images a loader over ``meta``'s data delivers (``LoaderConfig.res`` resolved).
+
+    Variable-size data: ``res``, by default :data:`DEFAULT_RES`. Fixed-size data: its own side.
+
+    Raises:
+        UserError: ``res`` asks fixed-size data for another size.
+    """
+    if meta.image_shape is None:
+        return res or DEFAULT_RES
+    height, width = meta.image_shape[:2]
+    if res is not None and (res, res) != (height, width):
+        raise UserError(f"--res {res} asks for {res}x{res} images, but this dataset's are all {height}x{width} "
+                        f"and are delivered at that size: drop --res (or reconvert the source without a fixed size)")
+    return height
 
 
 # ---------------------------------------------------------------- student run (fasttarget.train)

@@ -64,7 +64,7 @@ import torch
 from torch import Tensor
 
 from fasttarget.augment import AugRecord, Augment, ResizedCrop, build_augment, center_crop_boxes
-from fasttarget.config import BACKENDS, DEFAULT_MEMORY_BUDGET, LoaderConfig
+from fasttarget.config import BACKENDS, DEFAULT_MEMORY_BUDGET, DEFAULT_RES, LoaderConfig, resolve_res
 from fasttarget.dataset import DatasetMeta, check_split, read_image_sizes, read_labels, read_split
 from fasttarget.errors import UserError
 from fasttarget.order import permuted, stream_batches, stream_rows
@@ -77,8 +77,6 @@ if TYPE_CHECKING:
 # First word of the augmentation's seed sequences (the order's is fasttarget.order.ORDER_STREAM).
 _AUGMENT_STREAM = 0xA6
 _CROP_STREAM = 0xC5
-#: The output side of variable-size data when ``LoaderConfig.res`` is not set.
-DEFAULT_RES = 224
 
 TargetFn = Callable[["Batch"], Tensor]
 
@@ -580,23 +578,6 @@ def _decode_time_crop(augment: Augment) -> tuple[ResizedCrop | None, Augment]:
     """An augmentation's crop, cut at decode time, and the rest of it, run on the decoded batch."""
     crop = next((op for op in augment.ops if isinstance(op, ResizedCrop)), None)
     return crop, Augment(augment.config, tuple(op for op in augment.ops if op is not crop))
-
-
-def resolve_res(meta: DatasetMeta, res: int | None) -> int:
-    """The side of the images a loader over ``meta``'s data delivers (``LoaderConfig.res`` resolved).
-
-    Variable-size data: ``res``, by default :data:`DEFAULT_RES`. Fixed-size data: its own side.
-
-    Raises:
-        UserError: ``res`` asks fixed-size data for another size.
-    """
-    if meta.image_shape is None:
-        return res or DEFAULT_RES
-    height, width = meta.image_shape[:2]
-    if res is not None and (res, res) != (height, width):
-        raise UserError(f"--res {res} asks for {res}x{res} images, but this dataset's are all {height}x{width} "
-                        f"and are delivered at that size: drop --res (or reconvert the source without a fixed size)")
-    return height
 
 
 def _subset_rows(labels: np.ndarray, subset: SubsetConfig) -> np.ndarray:

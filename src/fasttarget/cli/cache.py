@@ -9,7 +9,7 @@ import typer
 
 from fasttarget.choices import DTYPES
 from fasttarget.cli.options import dataset_meta
-from fasttarget.config import CacheBuildConfig
+from fasttarget.config import CacheBuildConfig, resolve_res
 
 cache_app = typer.Typer(help="Build and inspect the teacher-logits cache of Strategy C.", no_args_is_help=True,
                         rich_markup_mode=None)  # plain help, as the app (fasttarget.cli)
@@ -36,7 +36,7 @@ def build(
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the teacher (CUDA only)."),
 ) -> None:
     """Run the teacher once over every training sample's center-crop view and write its logits (streamed, atomic, resumable)."""
-    dataset_meta(data)
+    resolve_res(dataset_meta(data), res)  # validates --res against the data's image size
     cfg = CacheBuildConfig(
         data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype, top_k=top_k, res=res,
         batch_size=batch_size, device=device, compile=compile,

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from fasttarget.cli.options import FractionOption, IpcOption, SubsetSeedOption, dataset_meta
-from fasttarget.config import FleetConfig, LadderConfig, TrainConfig, parse_members
+from fasttarget.config import FleetConfig, LadderConfig, TrainConfig, parse_members, resolve_res
 from fasttarget.errors import UserError
 
 ArchOption = typer.Option("resnet18", "--arch", help="resnet18 (CIFAR variant), resnet50, vit_s, or "
@@ -134,7 +134,7 @@ def train(
         raise UserError("--member gives each fleet member its strategy and file: drop --strategy/--teacher/--cache")
     if not member and strategy is None:
         raise UserError("pass --strategy A|B|C (one run) or --member … (a fleet): see `fasttarget train --help`")
-    dataset_meta(data)
+    resolve_res(dataset_meta(data), res)  # validates --res against the data's image size
     cfg = TrainConfig(
         data=data, out=out, strategy=(strategy or "A").upper(), teacher=teacher, cache=cache, aug=aug, steps=steps,
         eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, ipc=ipc, fraction=fraction,

@@ -6,8 +6,10 @@ everything downstream takes the frozen dataclasses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from fasttarget.choices import ARCHS, STRATEGIES
+from fasttarget.config import ModelConfig, augment_components
 from fasttarget.errors import UserError
 
-STRATEGIES = ("A", "B", "C")
 DEVICES = ("cpu", "cuda")
 # The kinds of unit a sweep is made of, in the order they are preferred when several are ready.
 UNIT_KINDS = ("data", "ladder", "cache", "run", "fleet")
@@ -70,6 +73,9 @@ class GridConfig:
             raise UserError(f"{where}: student_augs, steps and seeds must not be empty")
         if self.eval_every < 1 or any(s < 1 for s in self.steps):
             raise UserError(f"{where}: steps and eval_every must be positive")
+        with _located(where):
+            for aug in (*self.student_augs, *self.teacher_augs):
+                augment_components(aug)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,12 @@ class TeacherSettings:
     tolerance: float = 0.01
     seed: int = 0
     random_below: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise UserError(f"[teacher]: unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
+        with _located("[teacher]"):
+            ModelConfig(arch=self.arch, width=self.width)
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,11 @@ class SweepConfig:
             raise UserError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not self.grids:
             raise UserError("a sweep needs at least one [[grid]] table")
+        with _located("[model]"):
+            ModelConfig(arch=self.arch, width=self.width)
+        if self.batch_size < 1 or not self.temperature > 0:
+            raise UserError(f"[student]: batch_size must be ≥ 1 and temperature > 0, got {self.batch_size} and "
+                            f"{self.temperature}")
         unknown = sorted(set(self.resources) - set(UNIT_KINDS))
         if unknown:
             raise UserError(f"[resources]: unknown unit kind(s) {', '.join(unknown)}; known: {', '.join(UNIT_KINDS)}")
@@ -291,6 +308,15 @@ def _path(value: str, base: Path | None) -> Path:
     """``value`` read from ``base`` when relative (a config's paths do not depend on the shell's folder)."""
     path = Path(value).expanduser()
     return path if path.is_absolute() or base is None else Path(os.path.normpath(Path(base).resolve() / path))
+
+
+@contextlib.contextmanager
+def _located(where: str) -> Iterator[None]:
+    """Say where in the TOML file a value that a library config refuses was given."""
+    try:
+        yield
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def _no_unknown(where: str, table: dict[str, Any], known: set[str]) -> None:
