@@ -5,7 +5,8 @@ at the tree's ``src``), once untimed to warm the file cache and numba's on-disk 
 ``--repeats`` times; the runs of the trees alternate, so machine load falls on all of them
 alike. The table gives the median wall time (min-max) of each command in each tree.
 
-Rows: ``fasttarget --help``; a one-line user error (``train --data`` a missing directory);
+Rows: ``fasttarget --help``; a one-line user error (``train --data`` a missing directory); a bad
+flag value (``train --lr -1`` on a converted dataset);
 ``inspect`` of a converted dataset; a 1-step ``train`` (Strategy A, a width-0.125 ResNet-18,
 one evaluation); and ``import ffcv`` alone and as fasttarget imports it (inside
 ``fasttarget.threads.kept_threads``, where a tree may cache ffcv's import-time compilation).
@@ -42,6 +43,8 @@ def command_rows(data: Path, scratch: Path) -> dict[str, tuple[list[str], int]]:
         "fasttarget --help": ([*cli, "--help"], 0),
         "user error (train --data missing)": ([*cli, "train", "--data", str(scratch / "missing"), "--strategy", "A",
                                                "--out", str(scratch / "never")], 2),
+        "flag-value error (train --lr -1)": ([*cli, "train", "--data", str(data), "--strategy", "A", "--lr", "-1",
+                                              "--out", str(scratch / "never")], 2),
         "fasttarget inspect DATA": ([*cli, "inspect", str(data)], 0),
         "train, 1 step (A, width 0.125)": ([
             *cli, "train", "--data", str(data), "--strategy", "A", "--steps", "1", "--eval-every", "1",

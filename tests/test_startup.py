@@ -68,6 +68,81 @@ def test_user_errors_before_work_import_no_heavy_library(args, fragment, tmp_pat
     assert heavy == []
 
 
+@pytest.fixture(scope="module")
+def meta_only(tmp_path_factory) -> Path:
+    """A converted dataset's meta.json alone (32x32 CIFAR-10 shape): enough for every check before the betons."""
+    from fasttarget.dataset import DatasetMeta, SplitInfo
+
+    directory = tmp_path_factory.mktemp("meta-only")
+    DatasetMeta(dataset="cifar10", classes=tuple(f"class{i}" for i in range(10)), image_shape=(32, 32, 3),
+                splits={"train": SplitInfo("train.beton", 100, (10,) * 10),
+                        "test": SplitInfo("test.beton", 50, (5,) * 10)},
+                mean=(0.5,) * 3, std=(0.25,) * 3, fingerprint="0" * 64).save(directory)
+    return directory
+
+
+_TRAIN = ["train", "--data", "{data}", "--out", "{tmp}/run"]
+_TEACHER = ["teacher", "--data", "{data}", "--out", "{tmp}/ladder"]
+_CACHE = ["cache", "build", "--data", "{data}", "--teacher", "{tmp}/t.pt", "--out", "{tmp}/c.h5"]
+_SWEEP_TOML = """name = "bad"
+[data]
+dir = "data"
+[model]
+width = {width}
+[[grid]]
+strategies = ["A"]
+student_augs = ["{aug}"]
+steps = [10]
+eval_every = 5
+seeds = [0]
+"""
+
+# (arguments, what the one-line message must contain): a bad flag value of each command, found
+# from the arguments and meta.json alone, so before torch (seconds) is imported.
+FLAG_VALUE_ERRORS = {
+    "train-lr": ([*_TRAIN, "--strategy", "A", "--lr", "-1"], "--lr must be a positive number"),
+    "train-strategy": ([*_TRAIN, "--strategy", "Z"], "--strategy Z: unknown strategy"),
+    "train-width": ([*_TRAIN, "--strategy", "A", "--width", "0"], "--width must be in (0, 8]"),
+    "train-steps": ([*_TRAIN, "--strategy", "A", "--steps", "0"], "--steps must be at least 1"),
+    "train-aug": ([*_TRAIN, "--strategy", "A", "--aug", "nosuch"], "--aug nosuch: unknown augmentation"),
+    "train-temperature": ([*_TRAIN, "--strategy", "A", "--temperature", "0"], "--temperature must be a positive"),
+    "train-batch-size": ([*_TRAIN, "--strategy", "A", "--batch-size", "0"], "--batch-size must be at least 1"),
+    "train-ipc": ([*_TRAIN, "--strategy", "A", "--ipc", "0"], "--ipc must be at least 1"),
+    "train-res": ([*_TRAIN, "--strategy", "A", "--res", "64"], "--res 64 asks for 64x64 images"),
+    "train-b-without-teacher": ([*_TRAIN, "--strategy", "B"], "strategy B needs a teacher"),
+    "train-student": ([*_TRAIN, "--strategy", "A", "--student", "nosuch"], "unknown architecture 'nosuch'"),
+    "member-strategy": ([*_TRAIN, "--member", "Q"], "--member 'Q': unknown strategy"),
+    "member-missing-file": ([*_TRAIN, "--member", "B={tmp}/missing.pt"], "missing.pt does not exist"),
+    "member-arch": ([*_TRAIN, "--member", "A", "--arch", "vit_s"], "--arch vit_s does not fuse"),
+    "teacher-accuracies": ([*_TEACHER, "--accuracies", "2"], "--accuracies must be fractions in (0, 1)"),
+    "teacher-width": ([*_TEACHER, "--accuracies", "0.3", "--width", "0"], "--width must be in (0, 8]"),
+    "teacher-tolerance": ([*_TEACHER, "--accuracies", "0.3", "--tolerance", "2"], "--tolerance must be a fraction"),
+    "teacher-device": ([*_TEACHER, "--accuracies", "0.3", "--device", "tpu"], "--device must be cpu or cuda"),
+    "cache-dtype": ([*_CACHE, "--dtype", "int8"], "--dtype must be one of float16, float32"),
+    "cache-top-k": ([*_CACHE, "--top-k", "0"], "--top-k must be at least 1"),
+    "cache-temperature": ([*_CACHE, "--temperature", "0"], "--temperature must be positive"),
+    "convert-jpeg-quality": (["convert", "cifar10", "--source", "{tmp}", "--out", "{tmp}/out", "--jpeg-quality", "0"],
+                             "--jpeg-quality must be in 1..100"),
+    "convert-val-fraction": (["convert", "imagefolder", "--source", "{tmp}", "--out", "{tmp}/out",
+                              "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
+    "sweep-aug": (["sweep", "{tmp}/bad-aug.toml", "--out", "{tmp}/sweep", "--dry-run"], "unknown augmentation 'nosuch'"),
+    "sweep-width": (["sweep", "{tmp}/bad-width.toml", "--out", "{tmp}/sweep", "--dry-run"], "[model]: --width must be"),
+    "sweep-retries": (["sweep", "{tmp}/bad-aug.toml", "--out", "{tmp}/sweep", "--retries", "-1"], "--retries must be"),
+}
+
+
+@pytest.mark.parametrize("name", FLAG_VALUE_ERRORS)
+def test_flag_value_errors_import_no_heavy_library(name, meta_only, tmp_path, record_bad_input):
+    (tmp_path / "t.pt").write_bytes(b"a teacher the checks never open")
+    (tmp_path / "bad-aug.toml").write_text(_SWEEP_TOML.format(width=1.0, aug="nosuch"))
+    (tmp_path / "bad-width.toml").write_text(_SWEEP_TOML.format(width=0, aug="stdaug"))
+    args, fragment = FLAG_VALUE_ERRORS[name]
+    args = [a.format(data=meta_only, tmp=tmp_path) for a in args]
+    code, heavy, err = _probe(*args)
+    record_bad_input(f"{args[0]}: a bad flag value, checked before torch is imported", args, code, err, fragment)
+    assert heavy == []
+
+
 @pytest.mark.slow
 def test_help_and_a_user_error_take_under_a_second_or_two(tmp_path):
     """Loose: the budget is 1 s; 2.5 s leaves room for a loaded CI machine, torch alone takes longer."""

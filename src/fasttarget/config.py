@@ -11,9 +11,9 @@ the code that reads them.
 
 One section per concern, in the order data flows: teacher and student names
 (:mod:`fasttarget.zoo`), augmentation (:mod:`fasttarget.augment`), model
-(:mod:`fasttarget.models`), subset (:mod:`fasttarget.subsets`), loader (:mod:`fasttarget.loader`), student run
-(:mod:`fasttarget.train`), teacher ladder (:mod:`fasttarget.teacher`), logits cache
-(:mod:`fasttarget.cache`) and fleet (:mod:`fasttarget.fleet`).
+(:mod:`fasttarget.models`), subset (:mod:`fasttarget.subsets`), loader (:mod:`fasttarget.loader`),
+targets (:mod:`fasttarget.targets`), student run (:mod:`fasttarget.train`), teacher ladder
+(:mod:`fasttarget.teacher`), logits cache (:mod:`fasttarget.cache`) and fleet (:mod:`fasttarget.fleet`).
 
 Example:
     >>> cfg = TrainConfig(data="data/cifar10", out="runs/a", strategy="C", teacher="t30.pt", width=0.25)
@@ -169,6 +169,14 @@ _NAMES = {
 }
 #: Every single augmentation name ``build_augment`` accepts (compose them with ``+``).
 AUGMENT_NAMES = tuple(_NAMES)
+
+
+def check_aug(name: str) -> None:
+    """Refuse an ``--aug`` value that :func:`augment_components` refuses, naming the flag."""
+    try:
+        augment_components(name)
+    except UserError as err:
+        raise UserError(f"--aug {name}: {err}") from None
 
 
 def augment_components(name: str) -> tuple[str, ...]:
@@ -380,6 +388,48 @@ def resolve_res(meta: DatasetMeta, res: int | None) -> int:
     return height
 
 
+# ---------------------------------------------------------------- targets (fasttarget.targets)
+
+def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float, refused unless positive (T of the soft targets)."""
+    if not temperature > 0:
+        raise UserError(f"--temperature must be positive, got {temperature}")
+    return float(temperature)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Which targets to train on.
+
+    Args:
+        strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
+        temperature: T of the soft targets (B and C).
+        teacher: teacher checkpoint or ``torchvision:``/``timm:`` spec (:mod:`fasttarget.zoo`);
+            required for B. For C it is optional and, when given, the
+            cache must have been built from exactly this file (checked by SHA-256).
+        cache: the logits cache written by ``fasttarget cache build``; required for C.
+        compile: ``torch.compile`` the teacher (B on CUDA only).
+        cache_form: the :class:`~fasttarget.cache.CacheForm` the cache must hold (C); ``None``
+            takes either form.
+    """
+
+    strategy: str = "A"
+    temperature: float = 2.0
+    teacher: Path | str | None = None
+    cache: Path | None = None
+    compile: bool = False
+    cache_form: CacheForm | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        check_temperature(self.temperature)
+        if self.strategy == "B" and self.teacher is None:
+            raise UserError("strategy B needs a teacher: pass --teacher CKPT")
+        if self.strategy == "C" and self.cache is None:
+            raise UserError("strategy C needs a target cache: build one with `fasttarget cache build` and pass --cache FILE")
+
+
 # ---------------------------------------------------------------- student run (fasttarget.train)
 
 def check_hyperparameters(lr: float, weight_decay: float, **counts: int) -> None:
@@ -497,7 +547,7 @@ class TrainConfig:
         if self.checkpoint_every is None:
             object.__setattr__(self, "checkpoint_every", self.eval_every)
         if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+            raise UserError(f"--strategy {self.strategy}: unknown strategy, choose one of {', '.join(STRATEGIES)}")
         if self.strategy == "A" and (self.teacher or self.cache):
             raise UserError("strategy A trains on one-hot labels and uses no teacher: drop --teacher/--cache")
         if self.strategy == "B" and self.teacher is None:
@@ -509,7 +559,7 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise UserError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         ModelConfig(arch=self.arch, width=self.width)  # validates
-        augment_components(self.aug)  # validates
+        check_aug(self.aug)
         check_hyperparameters(self.lr, self.weight_decay, steps=self.steps, eval_every=self.eval_every,
                               batch_size=self.batch_size)
         if self.seed < 0:
@@ -596,7 +646,7 @@ class LadderConfig:
         if self.arch not in ARCHS:
             raise UserError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHS)}")
         ModelConfig(arch=self.arch, width=self.width)  # validates the width
-        augment_components(self.aug)  # validates
+        check_aug(self.aug)
         check_hyperparameters(self.lr, self.weight_decay, max_steps=self.max_steps, eval_every=self.eval_every,
                               batch_size=self.batch_size)
         if not 0 < self.tolerance < 1:

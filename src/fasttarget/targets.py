@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -39,12 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fasttarget.choices import STRATEGIES
+from fasttarget.choices import STRATEGIES  # noqa: F401 (re-exported)
+from fasttarget.config import TargetConfig, check_temperature
 from fasttarget.errors import UserError
 from fasttarget.models import load_classifier, memory_format
 
 if TYPE_CHECKING:
-    from fasttarget.cache import CacheForm, TargetCache
+    from fasttarget.cache import TargetCache
     from fasttarget.dataset import DatasetMeta
     from fasttarget.loader import Batch
 
@@ -208,7 +208,7 @@ class TeacherTargets:
         if not isinstance(teacher, TeacherModel):
             teacher = TeacherModel(teacher, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.teacher = teacher
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.num_classes = teacher.num_classes
 
     def __call__(self, batch: Batch) -> torch.Tensor:
@@ -266,7 +266,7 @@ class CachedTargets:
 
     def __init__(self, cache: TargetCache, temperature: float = 2.0):
         self.cache = cache
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.num_classes = cache.num_classes
 
     def __call__(self, batch: Batch) -> torch.Tensor:
@@ -278,39 +278,6 @@ class CachedTargets:
             classes = self.cache.gather_classes(batch.indices, device)
             probs = topk_probabilities(logits, classes, self.num_classes, self.temperature)
         return batch.record.mix(probs)
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    """Which targets to train on.
-
-    Args:
-        strategy: ``"A"`` one-hot, ``"B"`` online teacher, ``"C"`` cached teacher.
-        temperature: T of the soft targets (B and C).
-        teacher: teacher checkpoint or ``torchvision:``/``timm:`` spec (:mod:`fasttarget.zoo`);
-            required for B. For C it is optional and, when given, the
-            cache must have been built from exactly this file (checked by SHA-256).
-        cache: the logits cache written by ``fasttarget cache build``; required for C.
-        compile: ``torch.compile`` the teacher (B on CUDA only).
-        cache_form: the :class:`~fasttarget.cache.CacheForm` the cache must hold (C); ``None``
-            takes either form.
-    """
-
-    strategy: str = "A"
-    temperature: float = 2.0
-    teacher: Path | str | None = None
-    cache: Path | None = None
-    compile: bool = False
-    cache_form: CacheForm | None = None
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        _check_temperature(self.temperature)
-        if self.strategy == "B" and self.teacher is None:
-            raise UserError("strategy B needs a teacher: pass --teacher CKPT")
-        if self.strategy == "C" and self.cache is None:
-            raise UserError("strategy C needs a target cache: build one with `fasttarget cache build` and pass --cache FILE")
 
 
 def build_targets(cfg: TargetConfig, meta: DatasetMeta, device: str | torch.device) -> TargetProvider:
@@ -340,12 +307,6 @@ def build_targets(cfg: TargetConfig, meta: DatasetMeta, device: str | torch.devi
         form=cfg.cache_form,
     )
     return CachedTargets(cache, cfg.temperature)
-
-
-def _check_temperature(temperature: float) -> float:
-    if not temperature > 0:
-        raise UserError(f"--temperature must be positive, got {temperature}")
-    return float(temperature)
 
 
 def _num_classes(net: nn.Module) -> int:
