@@ -121,6 +121,8 @@ FLAG_VALUE_ERRORS = {
     "cache-dtype": ([*_CACHE, "--dtype", "int8"], "--dtype must be one of float16, float32"),
     "cache-top-k": ([*_CACHE, "--top-k", "0"], "--top-k must be at least 1"),
     "cache-temperature": ([*_CACHE, "--temperature", "0"], "--temperature must be positive"),
+    "cache-top-k-classes": ([*_CACHE, "--top-k", "10"], "--top-k 10 keeps every one of the 10 classes"),
+    "cache-res": ([*_CACHE, "--res", "64"], "--res 64 asks for 64x64 images"),
     "convert-jpeg-quality": (["convert", "cifar10", "--source", "{tmp}", "--out", "{tmp}/out", "--jpeg-quality", "0"],
                              "--jpeg-quality must be in 1..100"),
     "convert-val-fraction": (["convert", "imagefolder", "--source", "{tmp}", "--out", "{tmp}/out",

@@ -149,9 +149,7 @@ def build_cache(cfg: CacheBuildConfig) -> CacheBuildReport:
             ``top_k`` not below the class count, or another build writing the same file.
     """
     meta = DatasetMeta.load(cfg.data)
-    if cfg.top_k is not None and cfg.top_k >= meta.num_classes:
-        raise UserError(f"--top-k {cfg.top_k} keeps every one of the {meta.num_classes} classes: "
-                        f"pass a K below {meta.num_classes}, or omit --top-k for the full logits")
+    cfg.check_data(meta)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     lock = cfg.out.with_name(cfg.out.name + ".lock")
     with exclusive_lock(lock, f"another fasttarget cache build is writing {cfg.out} (pid {{pid}}): "

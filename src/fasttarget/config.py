@@ -742,6 +742,17 @@ class CacheBuildConfig:
     def form(self) -> CacheForm:
         return CacheForm(self.top_k, self.dtype)
 
+    def check_data(self, meta: DatasetMeta) -> None:
+        """Refuse values the dataset ``meta`` describes cannot take (``top_k``, ``res``).
+
+        Raises:
+            UserError: ``top_k`` not below the class count, or ``res`` another size than fixed-size data's.
+        """
+        if self.top_k is not None and self.top_k >= meta.num_classes:
+            raise UserError(f"--top-k {self.top_k} keeps every one of the {meta.num_classes} classes: "
+                            f"pass a K below {meta.num_classes}, or omit --top-k for the full logits")
+        resolve_res(meta, self.res)
+
 
 # ---------------------------------------------------------------- fleet (fasttarget.fleet)
 

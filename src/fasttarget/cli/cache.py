@@ -9,7 +9,7 @@ import typer
 
 from fasttarget.choices import DTYPES
 from fasttarget.cli.options import dataset_meta
-from fasttarget.config import CacheBuildConfig, resolve_res
+from fasttarget.config import CacheBuildConfig
 
 cache_app = typer.Typer(help="Build and inspect the teacher-logits cache of Strategy C.", no_args_is_help=True,
                         rich_markup_mode=None)  # plain help, as the app (fasttarget.cli)
@@ -36,11 +36,12 @@ def build(
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the teacher (CUDA only)."),
 ) -> None:
     """Run the teacher once over every training sample's center-crop view and write its logits (streamed, atomic, resumable)."""
-    resolve_res(dataset_meta(data), res)  # validates --res against the data's image size
+    meta = dataset_meta(data)
     cfg = CacheBuildConfig(
         data=data, teacher=teacher, out=out, temperature=temperature, dtype=dtype, top_k=top_k, res=res,
         batch_size=batch_size, device=device, compile=compile,
     )
+    cfg.check_data(meta)
     from fasttarget.cache import build_cache
 
     report = build_cache(cfg)
