@@ -57,9 +57,13 @@ def fake_acc(req: RunRequest, step: int) -> float:
     return min(0.99, 0.1 + step / 100 + bonus + req.spec.seed / 1000)
 
 
+# The fake stages fail every run of this (real, so the config accepts it) augmentation.
+FAILING_AUG = "cutmix"
+
+
 def fake_train(req: RunRequest, kill_at: tuple[str, int] | None = None) -> None:
     """Writes the run-dir contract; resumes from ``checkpoints/last.pt`` (the last step)."""
-    if req.spec.student_aug == "boom":
+    if req.spec.student_aug == FAILING_AUG:
         raise RuntimeError("synthetic failure")
     ckpt = req.run_dir / "checkpoints" / "last.pt"
     start = 0
@@ -112,7 +116,7 @@ def fake_fleet(req: FleetRequest, kill_at: int | None = None) -> None:
     req.fleet_dir.mkdir(parents=True, exist_ok=True)
     (req.fleet_dir / "fleet.json").write_text(json.dumps({"members": [m.spec.run_id for m in req.members]}))
     for m in req.members:
-        if m.spec.student_aug == "boom":
+        if m.spec.student_aug == FAILING_AUG:
             raise RuntimeError("synthetic failure")
         (m.run_dir / "checkpoints").mkdir(parents=True, exist_ok=m.resume)
         (m.run_dir / "config.json").write_text(json.dumps({"seed": m.spec.seed, "resume": m.resume}))
@@ -266,18 +270,18 @@ def test_sweep_runs_everything_then_is_idempotent(tmp_path):
 
 
 def test_failing_run_is_recorded_and_the_rest_go_on(tmp_path):
-    cfg = _cfg(student_augs=["stdaug", "boom"], strategies=["A"])
+    cfg = _cfg(student_augs=["stdaug", FAILING_AUG], strategies=["A"])
     summary = run_sweep(cfg, tmp_path, INLINE, stages=FAKES)
     assert summary.counts == {"done": 4, "failed": 4}
     index = ResultsIndex(tmp_path / "results.sqlite")
     failed = index.runs(status="failed")
-    assert {r.student_aug for r in failed} == {"boom"}
+    assert {r.student_aug for r in failed} == {FAILING_AUG}
     assert all(r.error == "RuntimeError: synthetic failure" for r in failed)
     assert "Traceback" in (tmp_path / failed[0].run_dir / "error.txt").read_text()
     # A second invocation retries the failed runs only (twice each: the first try and one retry).
     rec = Recorder()
     run_sweep(cfg, tmp_path, INLINE, stages=rec.stages())
-    assert sorted(r.spec.student_aug for r in rec.runs) == ["boom"] * 8
+    assert sorted(r.spec.student_aug for r in rec.runs) == [FAILING_AUG] * 8
 
 
 def test_missing_teacher_fails_only_its_runs(tmp_path):

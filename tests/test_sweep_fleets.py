@@ -23,7 +23,7 @@ from fasttarget.sweep.plan import SweepLayout
 from fasttarget.sweep.stages import FleetRequest, RunRequest, fleet_config, train_config
 from fasttarget.sweep.units import FleetUnit, RunUnit, SweepContext, build_units
 
-from test_sweep import FAKES, INLINE, TINY, Recorder, _cfg
+from test_sweep import FAILING_AUG, FAKES, INLINE, TINY, Recorder, _cfg
 
 # TINY: per seed and IPC, one fleet key holds A + B×2 + C×2 for each step budget: 5 runs.
 
@@ -150,7 +150,7 @@ def test_member_without_teacher_fails_alone(tmp_path):
 
 
 def test_failing_fleet_fails_its_members_with_the_error(tmp_path):
-    cfg = _cfg(student_augs=["stdaug", "boom"], strategies=["A", "B"], ipc=[10], seeds=[0], steps=[20])
+    cfg = _cfg(student_augs=["stdaug", FAILING_AUG], strategies=["A", "B"], ipc=[10], seeds=[0], steps=[20])
     summary = run_sweep(cfg, tmp_path, INLINE, stages=FAKES, max_fleet=8)
     assert summary.counts == {"done": 3, "failed": 3}
     assert set(summary.failed.values()) == {"RuntimeError: synthetic failure"}

@@ -58,28 +58,28 @@ def _two_ladder_cfg(**grid) -> SweepConfig:
     return SweepConfig.from_dict({
         "name": "graph", "data": {"source": "fake"}, "student": {"eval_every": 5, "seeds": [0]},
         "grid": [{"name": "g", "strategies": ["A", "B", "C"], "teacher_accuracies": [0.3],
-                  "teacher_augs": ["slow", "fast"], "student_augs": ["stdaug"], "steps": [10], **grid}],
+                  "teacher_augs": ["color", "flip"], "student_augs": ["stdaug"], "steps": [10], **grid}],
     })
 
 
 def _durations(key: str) -> float:
-    return {"ladder:slow": 100.0, "ladder:fast": 10.0}.get(key, 1.0)
+    return {"ladder:color": 100.0, "ladder:flip": 10.0}.get(key, 1.0)
 
 
 def test_runs_start_when_their_teacher_exists_not_after_every_ladder(tmp_path):
     sim = SimExecutor(slots=3, durations=_durations)
     summary = run_sweep(_two_ladder_cfg(), tmp_path, sim, stages=FAKES)
     assert summary.counts == {"done": 5} and sim.closed
-    # Both ladders train at once, then the fast ladder's cache and runs go on while the slow one trains.
-    assert sim.time("start", "ladder:slow") == sim.time("start", "ladder:fast")
-    slow_done = sim.time("end", "ladder:slow")
-    assert sim.time("start", "cache:fast-t30") < slow_done
-    assert sim.time("end", "run:B_t30-fast_stdaug_full_steps10_ev5_seed0") < slow_done
-    assert sim.time("end", "run:C_t30-fast_stdaug_full_steps10_ev5_seed0") < slow_done
+    # Both ladders train at once, then the fast (flip) ladder's cache and runs go on while the slow (color) one trains.
+    assert sim.time("start", "ladder:color") == sim.time("start", "ladder:flip")
+    slow_done = sim.time("end", "ladder:color")
+    assert sim.time("start", "cache:flip-t30") < slow_done
+    assert sim.time("end", "run:B_t30-flip_stdaug_full_steps10_ev5_seed0") < slow_done
+    assert sim.time("end", "run:C_t30-flip_stdaug_full_steps10_ev5_seed0") < slow_done
     assert sim.time("end", "run:A_none_stdaug_full_steps10_ev5_seed0") < slow_done
     # ... and the slow ladder's runs never start before it ends, the C run not before its cache.
-    assert sim.time("start", "run:B_t30-slow_stdaug_full_steps10_ev5_seed0") >= slow_done
-    assert sim.time("start", "run:C_t30-slow_stdaug_full_steps10_ev5_seed0") >= sim.time("end", "cache:slow-t30")
+    assert sim.time("start", "run:B_t30-color_stdaug_full_steps10_ev5_seed0") >= slow_done
+    assert sim.time("start", "run:C_t30-color_stdaug_full_steps10_ev5_seed0") >= sim.time("end", "cache:color-t30")
 
 
 def test_ready_units_never_exceed_the_slots(tmp_path):
@@ -150,7 +150,7 @@ def test_a_unit_failing_every_retry_is_recorded_and_the_rest_finish(tmp_path):
 
 
 def broken_ladder(req):
-    if req.aug == "slow":
+    if req.aug == "color":
         raise FileNotFoundError(f"no teacher checkpoint under {req.out_dir}")
     return fake_ladder(req)
 
@@ -160,14 +160,14 @@ def test_a_failed_ladder_fails_its_runs_only(tmp_path):
     stages = Stages(prepare_data=fake_data, train_ladder=broken_ladder, build_cache=fake_cache, train_student=fake_train)
     summary = run_sweep(_two_ladder_cfg(), tmp_path, sim, retries=2, stages=stages)
     assert summary.counts == {"done": 3, "failed": 2}
-    assert set(summary.failed) == {"B_t30-slow_stdaug_full_steps10_ev5_seed0", "C_t30-slow_stdaug_full_steps10_ev5_seed0"}
-    assert all(e.startswith("teacher ladder slow (30%) failed: FileNotFoundError: no teacher checkpoint")
+    assert set(summary.failed) == {"B_t30-color_stdaug_full_steps10_ev5_seed0", "C_t30-color_stdaug_full_steps10_ev5_seed0"}
+    assert all(e.startswith("teacher ladder color (30%) failed: FileNotFoundError: no teacher checkpoint")
                for e in summary.failed.values())
     index = ResultsIndex(tmp_path / "results.sqlite")
-    ladder = index.units(key="ladder:slow")[0]
+    ladder = index.units(key="ladder:color")[0]
     assert (ladder.status, ladder.attempts) == ("failed", 3)
-    assert index.units(key="cache:slow-t30")[0].status == "failed"
-    assert [k for _, w, k in sim.events if w == "start"].count("ladder:slow") == 3
+    assert index.units(key="cache:color-t30")[0].status == "failed"
+    assert [k for _, w, k in sim.events if w == "start"].count("ladder:color") == 3
 
 
 def test_progress_line_per_unit_and_a_bar(tmp_path):
@@ -178,7 +178,7 @@ def test_progress_line_per_unit_and_a_bar(tmp_path):
     # data, two ladders, two caches, five runs
     assert len(units) == 10 and bar == [(n, 10) for n in range(11)]
     assert units[-1].startswith("[10/10] done") and "ETA 0:00" in units[-1]
-    assert any(x.startswith("[") and "teacher ladder fast (30%)  reached 30.4%" in x for x in units)
+    assert any(x.startswith("[") and "teacher ladder flip (30%)  reached 30.4%" in x for x in units)
     assert any("A_none_stdaug_full_steps10_ev5_seed0  acc " in x for x in units)
 
 
