@@ -182,6 +182,22 @@ def test_center_crop_is_ffcvs_rule():
         assert (x0, y0, cw, ch) == ((w - side) // 2, (h - side) // 2, side, side)
 
 
+def test_center_crop_is_torchvisions_resize256_centercrop224_box_on_odd_sizes():
+    # Odd sides, odd and even differences: where flooring and rounding an offset could part ways.
+    odd = torch.arange(1, 1000, 2)
+    sizes = torch.stack([odd.repeat_interleave(7), torch.tensor([1, 3, 223, 255, 257, 333, 999]).repeat(len(odd))], 1)
+    boxes = center_crop_boxes(sizes)
+    for (h, w), box in zip(sizes.tolist(), boxes.tolist()):
+        short = min(h, w)
+        # Resize(256) scales the short side to 256, CenterCrop(224) keeps 224 of those, centred:
+        # in stored pixels a square of 224/256 of the short side, its margins equal.
+        kept = short * 224 / 256
+        side = int(kept)
+        assert box == [(w - side) // 2, (h - side) // 2, side, side], (h, w)
+        assert 0 <= kept - side < 1 and abs(box[0] - (w - kept) / 2) <= 1 and abs(box[1] - (h - kept) / 2) <= 1
+    assert boxes.dtype == torch.int32
+
+
 def test_same_seed_same_batches_other_seed_other_views(imagenet_dir):
     first = [next(iter(_loader(imagenet_dir, seed=s))) for s in (3, 3, 4)]
     a, b, c = first
