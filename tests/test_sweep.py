@@ -41,6 +41,8 @@ TINY = {
     "data": {"source": "unused-by-fakes"},
     "student": {"eval_every": 5, "seeds": [0, 1]},
     "teacher": {"max_steps": 100},
+    # The fakes write no student model: diagnostics of real runs are in test_diagnostics.
+    "report": {"diagnostics": False},
     "grid": [
         {"name": "main", "strategies": ["A", "B", "C"], "teacher_accuracies": [0.3, 0.5],
          "teacher_augs": ["stdaug"], "student_augs": ["stdaug"], "ipc": [10, 50], "steps": [10, 20]},
