@@ -74,14 +74,14 @@ def entropy_rows(labels: np.ndarray, subset: SubsetConfig, per_class: int = ENTR
 
     Subsets of one seed are nested (:mod:`fasttarget.subsets`), so the IPC-``per_class`` subset
     of the run's seed holds, per class, the first ``per_class`` rows of the order the run's own
-    subset was cut from: the intersection is a seeded, stratified sample of the run's subset.
+    subset was cut from: the intersection is a seeded, stratified sample of the run's subset. A
+    split with a class of fewer than ``per_class`` images is small: its whole subset is used.
     """
     labels = np.asarray(labels)
     rows = select_subset(labels, subset)
-    cap = min(per_class, int(np.bincount(labels).min()))
-    if cap < 1:
+    if np.bincount(labels).min() < per_class:
         return rows
-    return np.intersect1d(rows, select_subset(labels, SubsetConfig(ipc=cap, seed=subset.seed)))
+    return np.intersect1d(rows, select_subset(labels, SubsetConfig(ipc=per_class, seed=subset.seed)))
 
 
 def sample_name(subset: SubsetConfig) -> str:
