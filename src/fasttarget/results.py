@@ -7,7 +7,9 @@ they can be queried without walking the tree:
 - ``runs``: one row per run — its axes (strategy, teacher accuracy and augmentation,
   student augmentation, subset, steps, eval interval, seed), ``status``
   (``planned`` / ``running`` / ``done`` / ``failed``), the error of a failed run, and the
-  final accuracy of the classifier h (and of the soft head g);
+  final accuracy of the classifier h (and of the soft head g), and its diagnostics once
+  measured (``target_entropy``, ``agreement`` with ``agreement_teacher``; empty in indexes
+  and CSVs written before them, which read as they are);
 - ``evals``: one row per evaluation of a run (``step``, ``images_seen``, ``test_acc_h``,
   ``test_acc_g``, ``loss``, ``img_per_s``, ``wall_s``);
 - ``units``: one row per unit of work (dataset conversion, teacher ladder, cache, run):
