@@ -534,6 +534,7 @@ def fig_diagnostics(res: Results):
                        capsize=3, ls="none")
         right.annotate(f"{strategy} {teacher_label(t_acc)} {t_aug}, {s_aug}, {subset_name(ipc, frac)}",
                        (ent.mean, gap.mean * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    right.margins(x=0.3)  # room for the labels right of the points
     right.axhline(0, color="grey", lw=1, ls=":")
     right.set_xlabel("Target entropy (nats)")
     right.set_ylabel("Soft − one-hot top-1, paired by seed (points)")
@@ -672,7 +673,7 @@ def _scaling_ax(ax, title: str, res: Results | None = None, runs: list[RunRow] =
 
 
 def fig_acc_vs_ipc(res: Results):
-    """Accuracy vs IPC (log x) per strategy and teacher (Figure 6)."""
+    """Accuracy vs IPC (log x) per strategy and teacher (Figure 6), each teacher's own accuracy dotted."""
     import matplotlib.pyplot as plt
 
     pool = _ipc_runs(res)
@@ -688,6 +689,7 @@ def fig_acc_vs_ipc(res: Results):
         xs, stats = _scaling_lines(res, ref, step)
         ax.errorbar(xs, [s.mean * 100 for s in stats], [s.std * 100 for s in stats], color="crimson",
                     marker="o", capsize=3, label="A (one-hot)")
+    reference: dict[float, Any] = {}
     for s, cmap, marker in (("B", "Blues", "s"), ("C", "Oranges", "^")):
         sel = res.select(runs, strategy=s)
         teachers = res.teachers(sel)
@@ -695,6 +697,8 @@ def fig_acc_vs_ipc(res: Results):
             xs, stats = _scaling_lines(res, res.select(sel, teacher_acc=t), step)
             ax.errorbar(xs, [v.mean * 100 for v in stats], [v.std * 100 for v in stats], color=color,
                         marker=marker, capsize=3, label=f"{s}, teacher {teacher_label(t)}")
+            reference.setdefault(t, color)
+    _teacher_lines(ax, res, runs, reference)
     _scaling_ax(ax, f"{res.name}: accuracy vs IPC at step {step}\n{describe_context(ctx)}", res, runs, step)
     fig.tight_layout()
     return fig, ctx
