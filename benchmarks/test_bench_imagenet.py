@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fasttarget.bench import FFCV_CENTER, FFCV_RRC, TORCHVISION_FOLDER, BenchConfig, BenchContext, missed_goals, run_suite
@@ -63,11 +64,12 @@ def test_bench_beton_holds_every_file_as_jpeg_at_most_500_px(small):
 def test_planned_and_ffcv_loaders_decode_the_same_rows_to_the_same_shape(small, view):
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 
-    from fasttarget.decode import PlannedCropDecoder, center_boxes, stored_sizes
+    from fasttarget.augment import center_crop_boxes
+    from fasttarget.decode import PlannedCropDecoder, stored_sizes
 
     _, _, beton = small
     rows = np.array([1, 5, 17, 40, 41, 90])
-    boxes = center_boxes(stored_sizes(beton))
+    boxes = center_crop_boxes(torch.from_numpy(stored_sizes(beton))).numpy()
     theirs = (RandomResizedCropRGBImageDecoder((suite.OUT, suite.OUT)) if view == "train"
               else CenterCropRGBImageDecoder((suite.OUT, suite.OUT), 224 / 256))
     seen = {}

@@ -1,7 +1,8 @@
 """Strategy C from a top-k cache against the full cache: paired students on real CIFAR-10.
 
-Trains one quick teacher (ResNet-18, plain cross-entropy), builds its full float16 cache and a
-top-K float16 cache (FKD's marginal smoothing), then trains, for each seed, two students that
+Trains one quick teacher (ResNet-18, plain cross-entropy: a Strategy A run of ``fasttarget.train``),
+builds its full float16 cache and a top-K float16 cache (FKD's marginal smoothing) with
+``fasttarget.cache``, then trains, for each seed, two students that
 differ only in the cache they read (same initialization, data order, augmentation: the seed
 fixes all three). Prints each seed's test accuracies and the mean paired difference
 (top-K minus full) with its 95 % t interval.
@@ -26,16 +27,11 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from scipy import stats
 
 from fasttarget.cache import CacheBuildConfig, build_cache
 from fasttarget.convert import ConvertConfig, convert
-from fasttarget.dataset import DatasetMeta
-from fasttarget.loader import build_loader
-from fasttarget.models import CheckpointInfo, ModelConfig, build_classifier, save_classifier
-from fasttarget.train import TrainConfig, eval_loader_config, evaluate, train, train_loader_config
+from fasttarget.train import FINAL_MODEL, TrainConfig, train
 
 RECORD = 3073  # CIFAR-10 binary: 1 label byte + 3,072 pixels
 
@@ -58,28 +54,17 @@ def subset_cifar10(source: Path, out: Path, train: int, test: int) -> Path:
     return data
 
 
-def train_teacher(data: Path, path: Path, steps: int, width: float) -> float:
-    """A ResNet-18 trained with cross-entropy on stdaug views; returns its test accuracy."""
-    meta = DatasetMeta.load(data)
-    device = torch.device("cpu")
-    torch.manual_seed(100)
-    cfg = ModelConfig(width=width, num_classes=meta.num_classes, image_size=meta.image_shape[0])
-    net = build_classifier(cfg).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=0.01)
-    loader = build_loader(train_loader_config(data, 128, "stdaug", 100, device))
-    step = 0
-    while step < steps:
-        for batch in loader:
-            loss = F.cross_entropy(net(batch.images), batch.labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step == steps:
-                break
-    (accuracy,) = evaluate(net, build_loader(eval_loader_config(data, device)), device)
-    save_classifier(path, net, CheckpointInfo(cfg, accuracy, meta.fingerprint, meta.mean, meta.std, step))
-    return accuracy
+def train_teacher(data: Path, out: Path, steps: int, width: float) -> tuple[Path, float]:
+    """A ResNet-18 trained with cross-entropy on stdaug views by :func:`fasttarget.train.train`.
+
+    A Strategy A run with one head (``loss="coupled"``) at temperature 1: its loss, KL to the
+    one-hot label plus cross-entropy, is twice the cross-entropy, which AdamW steps as the plain
+    cross-entropy. Returns the run's ``final.pt`` (a teacher checkpoint) and its test accuracy.
+    """
+    final = train(TrainConfig(data=data, out=out, strategy="A", aug="stdaug", steps=steps, eval_every=steps,
+                              seed=100, width=width, loss="coupled", temperature=1.0, lr=2e-3, weight_decay=0.01,
+                              device="cpu", force=True, progress=False))
+    return out / FINAL_MODEL, final["test_acc_h"]
 
 
 def main() -> None:
@@ -98,8 +83,7 @@ def main() -> None:
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     data = subset_cifar10(args.source, args.out, args.train, args.test)
-    teacher = args.out / "teacher.pt"
-    teacher_accuracy = train_teacher(data, teacher, args.teacher_steps, args.teacher_width)
+    teacher, teacher_accuracy = train_teacher(data, args.out / "teacher", args.teacher_steps, args.teacher_width)
     print(f"teacher: ResNet-18 x{args.teacher_width}, {args.teacher_steps} steps, test accuracy {teacher_accuracy:.4f}", flush=True)
     caches = {}
     for name, top_k in (("full", None), (f"top{args.top_k}", args.top_k)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fasttarget.errors import UserError
 
@@ -95,10 +96,11 @@ def test_loader_output_is_the_kernel_applied_sample_by_sample(beton):
 
 
 def test_the_table_is_read_when_decoding_so_a_refill_changes_the_crops(beton):
-    from fasttarget.decode import PlannedCropDecoder, center_boxes, stored_sizes
+    from fasttarget.augment import center_crop_boxes
+    from fasttarget.decode import PlannedCropDecoder, stored_sizes
 
     sizes = stored_sizes(beton)
-    boxes = center_boxes(sizes)
+    boxes = center_crop_boxes(torch.from_numpy(sizes)).numpy()
     first, _ = load(beton, boxes)
     boxes[:] = random_boxes(np.random.default_rng(2), sizes)  # the loader refills in place
     second, _ = load(beton, boxes)
@@ -110,10 +112,11 @@ def test_the_table_is_read_when_decoding_so_a_refill_changes_the_crops(beton):
 
 
 def test_bad_rows_come_out_black_and_are_named_never_garbage(beton):
-    from fasttarget.decode import center_boxes, stored_sizes
+    from fasttarget.augment import center_crop_boxes
+    from fasttarget.decode import stored_sizes
 
     sizes = stored_sizes(beton)
-    boxes = center_boxes(sizes)
+    boxes = center_crop_boxes(torch.from_numpy(sizes)).numpy()
     boxes[3] = (0, 0, 0, 0)  # a row the planner did not fill
     boxes[5] = (10_000, 10_000, 10, 10)  # entirely outside the image
     boxes[6] = (-50, -50, 10_000, 10_000)  # larger than the image: clipped to all of it
@@ -137,3 +140,14 @@ def test_stored_sizes_names_a_missing_file_and_a_missing_field(beton, tmp_path):
         stored_sizes(tmp_path / "nope.beton")
     with pytest.raises(UserError, match="no RGBImageField named 'label'"):
         stored_sizes(beton, field="label")
+
+
+def test_center_crop_boxes_are_ffcvs_center_crop_decoder_boxes():
+    from ffcv.fields.rgb_image import get_center_crop
+
+    from fasttarget.augment import center_crop_boxes
+
+    sizes = [(h, w) for h in (1, 2, 3, 63, 64, 255, 257, 375, 500, 999) for w in (1, 5, 64, 99, 333, 500, 1001)]
+    boxes = center_crop_boxes(torch.tensor(sizes)).tolist()
+    for (h, w), (x0, y0, cw, ch) in zip(sizes, boxes):
+        assert get_center_crop(h, w, None, 224 / 256) == (y0, x0, ch, cw), (h, w)

@@ -175,11 +175,42 @@ def test_planned_crops_follow_torchvisions_rule_per_sample_size():
     assert (boxes[:, 0] + boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 1] + boxes[:, 3] <= sizes[:, 0]).all()
 
 
+def test_planning_batches_at_once_gives_each_batch_the_boxes_of_its_own_generator():
+    rng = np.random.default_rng(3)
+    sizes = torch.from_numpy(np.stack([rng.integers(20, 500, 2000), rng.integers(20, 500, 2000)], 1))
+    sizes[:40] = torch.tensor([[500, 20], [20, 500]]).repeat(20, 1)  # the centred fallback too
+    for p in (1.0, 0.5):
+        crop = ResizedCrop(p, (0.08, 1.0), (3 / 4, 4 / 3))
+        at_once = crop.plan_batches(sizes, [torch.Generator().manual_seed(k) for k in range(32)], 64)  # last: 16 rows
+        one_by_one = [crop.plan(chunk, torch.Generator().manual_seed(k)) for k, chunk in enumerate(sizes.split(64))]
+        for key in ("apply", "boxes"):
+            assert torch.equal(at_once[key], torch.cat([plan[key] for plan in one_by_one])), (p, key)
+    assert not at_once["apply"].all() and at_once["apply"].any()
+    with pytest.raises(ValueError, match="one per batch"):
+        crop.plan_batches(sizes, [torch.Generator()] * 31, 64)
+
+
 def test_center_crop_is_ffcvs_rule():
     sizes = torch.tensor([[375, 500], [500, 333], [64, 64]])
     for (h, w), (x0, y0, cw, ch) in zip(sizes.tolist(), center_crop_boxes(sizes).tolist()):
         side = int(224 / 256 * min(h, w))
         assert (x0, y0, cw, ch) == ((w - side) // 2, (h - side) // 2, side, side)
+
+
+def test_center_crop_is_torchvisions_resize256_centercrop224_box_on_odd_sizes():
+    # Odd sides, odd and even differences: where flooring and rounding an offset could part ways.
+    odd = torch.arange(1, 1000, 2)
+    sizes = torch.stack([odd.repeat_interleave(7), torch.tensor([1, 3, 223, 255, 257, 333, 999]).repeat(len(odd))], 1)
+    boxes = center_crop_boxes(sizes)
+    for (h, w), box in zip(sizes.tolist(), boxes.tolist()):
+        short = min(h, w)
+        # Resize(256) scales the short side to 256, CenterCrop(224) keeps 224 of those, centred:
+        # in stored pixels a square of 224/256 of the short side, its margins equal.
+        kept = short * 224 / 256
+        side = int(kept)
+        assert box == [(w - side) // 2, (h - side) // 2, side, side], (h, w)
+        assert 0 <= kept - side < 1 and abs(box[0] - (w - kept) / 2) <= 1 and abs(box[1] - (h - kept) / 2) <= 1
+    assert boxes.dtype == torch.int32
 
 
 def test_same_seed_same_batches_other_seed_other_views(imagenet_dir):
@@ -218,6 +249,24 @@ def test_record_replays_to_the_same_pixels_and_resume_recomputes_nothing(imagene
     resumed = next(iter(fresh))
     assert torch.equal(resumed.images, batch.images)
     assert torch.equal(resumed.record.params["rrc.boxes"], batch.record.params["rrc.boxes"])
+
+
+def test_a_row_drawn_twice_in_a_pass_records_the_box_it_was_decoded_with(imagenet_dir):
+    from fasttarget.loader import _CROP_STREAM, seeded_generator
+    from fasttarget.subsets import SubsetConfig
+
+    # 6 rows streamed in batches of 8: the pass's one batch holds two rows twice.
+    loader = _loader(imagenet_dir, augment="crop", stream=True, subset=SubsetConfig(ipc=1), seed=2)
+    batch = next(iter(loader))
+    rows = batch.indices.tolist()
+    assert len(rows) == 8 and len(set(rows)) == 6
+    sizes = torch.from_numpy(read_image_sizes(imagenet_dir, "train")[rows])
+    drawn = loader._crop.plan(sizes, seeded_generator(_CROP_STREAM, 2, 0, 0))["boxes"]
+    last = {row: i for i, row in enumerate(rows)}  # the table keeps a row's last box; both decode with it
+    assert torch.equal(batch.record.params["rrc.boxes"], drawn[[last[row] for row in rows]])
+    assert not torch.equal(drawn, drawn[[last[row] for row in rows]])
+    views = loader.decode_views(batch.indices, batch.record.params["rrc.boxes"])
+    assert torch.equal((views.permute(0, 3, 1, 2).float().div_(255) - loader._mean) / loader._std, batch.images)
 
 
 def test_evaluation_streams_center_crops_of_every_test_image(imagenet_dir):

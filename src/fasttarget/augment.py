@@ -49,6 +49,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -321,7 +322,8 @@ class ResizedCrop:
     candidates per sample of area ``U(scale) * H * W`` and ratio ``exp(U(log ratio))``, sides
     rounded to whole pixels, the first that fits is taken, placed uniformly over the valid
     integer offsets; when none fits, the whole image (or the ratio-clamped full side), centered.
-    :meth:`plan` draws the same boxes from each sample's own size for crops cut at decode time.
+    :meth:`plan` draws the same boxes from each sample's own size for crops cut at decode time,
+    :meth:`plan_batches` those of a whole epoch's batches in one pass.
     """
 
     p: float
@@ -331,8 +333,9 @@ class ResizedCrop:
     mixes: bool = False
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> dict[str, Tensor]:
-        apply = _bernoulli(n, self.p, generator)
-        x0, y0, w, h = self._draw(n, height, width, generator)
+        apply_u, *uniforms = self._uniforms(n, generator)
+        apply = apply_u < self.p
+        x0, y0, w, h = self._place(uniforms, height, width)
         boxes = torch.stack([x0, y0, x0 + w - 1, y0 + h - 1], 1)
         full = torch.tensor([0.0, 0.0, width - 1.0, height - 1.0], device=boxes.device)
         return {"apply": apply, "boxes": torch.where(apply[:, None], boxes, full)}
@@ -356,22 +359,71 @@ class ResizedCrop:
             >>> bool((boxes[:, 0] + boxes[:, 2] <= torch.tensor([500, 48])).all())
             True
         """
+        return self._plan(sizes, [self._uniforms(len(sizes), generator)])
+
+    def plan_batches(self, sizes: Tensor, generators: Sequence[torch.Generator], batch_size: int) -> dict[str, Tensor]:
+        """:meth:`plan` for consecutive batches at once, each drawn from its own generator.
+
+        Batch ``k`` is rows ``k * batch_size`` up to the next (the last may be short) of
+        ``sizes``; its boxes are exactly those ``plan(sizes_of_batch_k, generators[k])`` draws.
+        Only the draws loop over batches (one generator each); the boxes of all of them are
+        computed in one pass, so an epoch of ImageNet is planned in one call.
+
+        Args:
+            sizes: int ``[N, 2]`` stored (height, width), batch after batch.
+            generators: one CPU generator per batch, ``ceil(N / batch_size)`` of them.
+            batch_size: rows per batch.
+
+        Returns:
+            as :meth:`plan`, over all ``N`` rows.
+
+        Raises:
+            ValueError: not one generator per batch.
+
+        Example:
+            >>> crop = ResizedCrop(1.0, (0.08, 1.0), (3 / 4, 4 / 3))
+            >>> sizes = torch.tensor([[375, 500], [64, 48], [200, 300]])
+            >>> both = crop.plan_batches(sizes, [torch.Generator().manual_seed(k) for k in (0, 1)], 2)["boxes"]
+            >>> torch.equal(both[2:], crop.plan(sizes[2:], torch.Generator().manual_seed(1))["boxes"])
+            True
+        """
         n = len(sizes)
-        apply = _bernoulli(n, self.p, generator)
-        height, width = sizes[:, 0].float(), sizes[:, 1].float()
-        x0, y0, w, h = self._draw(n, height, width, generator)
+        if len(generators) != -(-n // batch_size):
+            raise ValueError(f"{len(generators)} generators for {n} rows in batches of {batch_size}: pass one per batch")
+        counts = [min(batch_size, n - k * batch_size) for k in range(len(generators))]
+        return self._plan(sizes, [self._uniforms(c, g) for c, g in zip(counts, generators)])
+
+    def _plan(self, sizes: Tensor, drawn: list[tuple[Tensor, ...]]) -> dict[str, Tensor]:
+        """The boxes of ``sizes`` from their uniforms, drawn batch by batch (:meth:`_uniforms`)."""
+        if not drawn:
+            return {"apply": torch.zeros(0, dtype=torch.bool), "boxes": torch.zeros(0, 4, dtype=torch.int32)}
+        apply_u, *uniforms = (torch.cat(parts) for parts in zip(*drawn))
+        apply = apply_u < self.p
+        x0, y0, w, h = self._place(uniforms, sizes[:, 0].float(), sizes[:, 1].float())
         boxes = torch.stack([x0, y0, w, h], 1).to(torch.int32)
         return {"apply": apply, "boxes": torch.where(apply[:, None], boxes, center_crop_boxes(sizes))}
 
-    def _draw(self, n: int, height: int | Tensor, width: int | Tensor,
-              generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(x0, y0, w, h)`` float ``[n]`` each, for one image size or a ``[n]`` tensor of sizes per sample."""
+    @staticmethod
+    def _uniforms(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Every random number of ``n`` crops, in the stream's order: apply ``[n]``, 10 areas and
+        10 aspects ``[n, 10]`` each, x and y ``[n]``.
+
+        All are drawn whatever is applied or fits, so the stream depends on ``n`` alone.
+        """
+        return (_rand(n, generator), _rand(n, generator, 10), _rand(n, generator, 10), _rand(n, generator),
+                _rand(n, generator))
+
+    def _place(self, uniforms: list[Tensor], height: int | Tensor, width: int | Tensor
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x0, y0, w, h)`` float ``[n]`` each from :meth:`_uniforms`' area, aspect, x and y draws,
+        for one image size or a ``[n]`` tensor of sizes per sample."""
+        area_u, aspect_u, x_u, y_u = uniforms
         per_sample = isinstance(height, Tensor)
         if per_sample:
             height, width = height[:, None], width[:, None]  # against the 10 candidates per sample
-        area = (self.scale[0] + _rand(n, generator, 10) * (self.scale[1] - self.scale[0])) * (height * width)
+        area = (self.scale[0] + area_u * (self.scale[1] - self.scale[0])) * (height * width)
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        aspect = torch.exp(log_lo + _rand(n, generator, 10) * (log_hi - log_lo))
+        aspect = torch.exp(log_lo + aspect_u * (log_hi - log_lo))
         w = torch.sqrt(area * aspect).round()
         h = torch.sqrt(area / aspect).round()
         fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -385,9 +437,8 @@ class ResizedCrop:
             fw, fh = torch.full_like(area[:, 0], fw), torch.full_like(area[:, 0], fh)
         w = torch.where(found, w.gather(1, pick).squeeze(1), fw)
         h = torch.where(found, h.gather(1, pick).squeeze(1), fh)
-        # Drawn for every sample, so that the stream does not depend on which ones fell back.
-        x0 = torch.where(found, (_rand(n, generator) * (width - w + 1)).floor(), ((width - w) / 2).floor())
-        y0 = torch.where(found, (_rand(n, generator) * (height - h + 1)).floor(), ((height - h) / 2).floor())
+        x0 = torch.where(found, (x_u * (width - w + 1)).floor(), ((width - w) / 2).floor())
+        y0 = torch.where(found, (y_u * (height - h + 1)).floor(), ((height - h) / 2).floor())
         return x0, y0, w, h
 
     def _fallback(self, height: int | Tensor, width: int | Tensor) -> tuple[float | Tensor, float | Tensor]:

@@ -21,8 +21,8 @@ Contract with the loader:
   would leave the loader waiting forever).
 
 :func:`stored_sizes` reads every row's stored ``(height, width)`` from a beton's metadata without
-decoding, for the planner; :func:`center_boxes` gives FFCV's center crop
-(``CenterCropRGBImageDecoder``'s rule) as boxes.
+decoding, for the planner; :func:`fasttarget.augment.center_crop_boxes` gives FFCV's center crop
+(``CenterCropRGBImageDecoder``'s rule) as boxes, the test view's.
 
 Importing this module imports ffcv (seconds of numba compilation): import it where the ffcv
 backend is built, not at package import.
@@ -64,26 +64,6 @@ def stored_sizes(path: str | os.PathLike, field: str = "image") -> np.ndarray:
         raise UserError(f"{path} has no RGBImageField named {field!r} (fields: {', '.join(reader.field_names)})")
     meta = reader.metadata[f"f{reader.field_names.index(field)}"]
     return np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64)
-
-
-def center_boxes(sizes: np.ndarray, ratio: float = 224 / 256) -> np.ndarray:
-    """FFCV's center crop as boxes: a square of side ``int(ratio * min(h, w))``, centered.
-
-    Args:
-        sizes: int ``[N, 2]`` stored ``(height, width)``.
-        ratio: crop side over the shorter image side.
-
-    Returns:
-        int32 ``[N, 4]`` ``(x0, y0, w, h)``.
-
-    Example:
-        >>> center_boxes(np.array([[256, 512]])).tolist()
-        [[144, 16, 224, 224]]
-    """
-    sizes = np.asarray(sizes, dtype=np.int64)
-    side = (ratio * sizes.min(axis=1)).astype(np.int64)
-    y0, x0 = (sizes[:, 0] - side) // 2, (sizes[:, 1] - side) // 2
-    return np.stack([x0, y0, side, side], axis=1).astype(np.int32)
 
 
 class PlannedCropDecoder(SimpleRGBImageDecoder):

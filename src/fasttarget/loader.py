@@ -572,43 +572,48 @@ class FfcvLoader(_Loader):
         return order[: len(order) // b * b] if self.cfg.drop_last else order
 
     def uint8_batches(self, epoch: int, start: int = 0) -> Iterator[RawBatch]:
-        rows = self.rows(epoch)
-        plans = self._plan_crops(rows, epoch, start) if self._sizes is not None else None
-        self._order.plan = rows[start * self.cfg.batch_size :]
+        rows, b = self.rows(epoch), self.cfg.batch_size
+        plan = self._plan_crops(rows, epoch, start) if self._sizes is not None else None
+        self._order.plan = rows[start * b :]
         with kept_threads():
             epoch_iterator = iter(self._ffcv)
         try:
             for k, out in enumerate(epoch_iterator, start):
                 fields = dict(zip(self._fields, out))
-                if plans is not None:
+                params = {}
+                if plan is not None:
                     self._decoder.check()  # a sample that failed to decode came out black: say so
+                    # Copies: a view would keep (and torch.save would write) the whole epoch's plan.
+                    params = {key: v[(k - start) * b : (k - start + 1) * b].clone() for key, v in plan.items()}
                 yield RawBatch(self._copy(fields["image"]), self._copy(fields["label"]).view(-1),
-                               self._copy(fields["index"]).view(-1), k, {} if plans is None else plans[k - start])
+                               self._copy(fields["index"]).view(-1), k, params)
         finally:
             epoch_iterator.close()
 
-    def _plan_crops(self, rows: np.ndarray, epoch: int, start: int) -> list[dict[str, Tensor]]:
+    def _plan_crops(self, rows: np.ndarray, epoch: int, start: int) -> dict[str, Tensor]:
         """Draw the crop boxes of batches ``start…`` of ``epoch`` into the decoder's table; returns
-        each batch's record entries.
+        the record entries of those batches, concatenated in batch order.
 
         Batch ``k``'s boxes come from its own generator, seeded from ``(seed, epoch, k)``, so
-        they do not depend on where the pass started.
+        they do not depend on where the pass started; only the draws loop over batches, the
+        boxes of the whole epoch are computed at once (:meth:`ResizedCrop.plan_batches`).
         """
-        b, prefix = self.cfg.batch_size, "rrc" if self._crop is not None else "center"
-        batches = [rows[k * b : (k + 1) * b] for k in range(start, len(self))]
-        plans = []
-        for k, index in enumerate(batches, start):
-            sizes = torch.from_numpy(self._sizes[index])
-            if self._crop is None:
-                plan = {"boxes": center_crop_boxes(sizes)}
-            else:
-                plan = self._crop.plan(sizes, seeded_generator(_CROP_STREAM, self.cfg.seed, epoch, k))
-            self._boxes[index] = plan["boxes"].numpy()
-            plans.append(plan)
-        # A row drawn twice in one epoch (a wrapped shard) is decoded with the box written last: record that one.
-        for index, plan in zip(batches, plans):
-            plan["boxes"] = torch.from_numpy(self._boxes[index].copy())
-        return [{f"{prefix}.{key}": value for key, value in plan.items()} for plan in plans]
+        b = self.cfg.batch_size
+        rows = rows[start * b : len(self) * b]
+        sizes = torch.from_numpy(self._sizes[rows])
+        if self._crop is None:
+            prefix, plan = "center", {"boxes": center_crop_boxes(sizes)}
+        else:
+            generators = [seeded_generator(_CROP_STREAM, self.cfg.seed, epoch, k) for k in range(start, len(self))]
+            prefix, plan = "rrc", self._crop.plan_batches(sizes, generators, b)
+        # A row drawn twice in one epoch (a wrapped shard) is decoded with the box drawn for its
+        # last occurrence, the one the table keeps: every occurrence records that box.
+        last = np.full(len(self._boxes), -1, np.int64)
+        np.maximum.at(last, rows, np.arange(len(rows)))
+        boxes = plan["boxes"].numpy()[last[rows]]
+        self._boxes[rows] = boxes
+        plan["boxes"] = torch.from_numpy(boxes)
+        return {f"{prefix}.{key}": value for key, value in plan.items()}
 
     def decode_views(self, indices: Tensor, boxes: Tensor) -> Tensor:
         """Decodes rows ``indices`` cut at ``boxes`` again: a batch's views from its record.

@@ -16,7 +16,7 @@ Each timed call is one epoch over the same :data:`EPOCH_IMAGES` random rows, bat
   ``RandomResizedCropRGBImageDecoder((224, 224))`` in the same ``Loader`` setup (goal ≥ 1.5×), and
   against torchvision's ``ImageFolder`` + ``DataLoader(num_workers=2)`` with PIL decode,
   ``RandomResizedCrop(224)`` and ``PILToTensor`` over the same photos' source files (goal ≥ 4×);
-- ``imagenet test center224``: the planned decoder with :func:`~fasttarget.decode.center_boxes`
+- ``imagenet test center224``: the planned decoder with :func:`~fasttarget.augment.center_crop_boxes`
   against FFCV's ``CenterCropRGBImageDecoder((224, 224), 224/256)`` (goal ≥ 1×);
 - ``imagenet build_loader crop224``: fasttarget's whole train path, ``build_loader`` with
   ``augment="crop"``, ``res=224`` over :data:`SUBSET_IPC` images per class, ``uint8_batches``
@@ -179,11 +179,11 @@ def planned_epochs(beton: Path, rows: np.ndarray, view: str, cores: int) -> Call
     """Epochs of the planned decoder; train views' boxes drawn per epoch by fasttarget's planner."""
     import torch
 
-    from fasttarget.augment import ResizedCrop
-    from fasttarget.decode import PlannedCropDecoder, center_boxes, stored_sizes
+    from fasttarget.augment import ResizedCrop, center_crop_boxes
+    from fasttarget.decode import PlannedCropDecoder, stored_sizes
 
     sizes = stored_sizes(beton)
-    boxes = center_boxes(sizes) if view == "test" else np.zeros((len(sizes), 4), np.int32)
+    boxes = center_crop_boxes(torch.from_numpy(sizes)).numpy() if view == "test" else np.zeros((len(sizes), 4), np.int32)
     planner = ResizedCrop(1.0, (0.08, 1.0), (3 / 4, 4 / 3))
     picked = torch.from_numpy(sizes[rows])
 

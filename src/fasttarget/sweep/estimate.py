@@ -68,28 +68,38 @@ def sweep_work(cfg: SweepConfig, plan: SweepPlan, train_size: int, test_size: in
 
 
 def probe_rate(cfg: SweepConfig, image_size: int, num_classes: int, threads: int, steps: int = 4) -> float:
-    """Training images per second of the sweep's student here (one unit's threads), after a warm-up step."""
+    """Training images per second of the sweep's student here (one unit's threads), after a warm-up step.
+
+    The student runs as training runs it: placed by :func:`fasttarget.models.place` (channels_last,
+    or contiguous where that crashes on CPU), fed channels_last batches as the loader delivers them,
+    under :func:`fasttarget.train.autocast`: a contiguous probe of a channels_last run (CPU, 32 px)
+    timed it about 1.5× too slow.
+    """
     import torch
 
     from fasttarget.losses import build_student
-    from fasttarget.models import ModelConfig
+    from fasttarget.models import ModelConfig, place
     from fasttarget.threads import kept_threads
+    from fasttarget.train import autocast
 
     with kept_threads():
         torch.set_num_threads(threads)
         torch.manual_seed(0)
         device = torch.device(cfg.device)
-        net = build_student(ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=num_classes,
-                                        image_size=image_size), "separation").to(device)
+        net = place(build_student(ModelConfig(arch=cfg.arch, width=cfg.width, num_classes=num_classes,
+                                              image_size=image_size), "separation"), device, image_size)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-        x = torch.randn(cfg.batch_size, 3, image_size, image_size, device=device)
+        # fasttarget.loader's Batch.images layout
+        x = torch.randn(cfg.batch_size, 3, image_size, image_size, device=device).contiguous(
+            memory_format=torch.channels_last)
         y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
         for i in range(steps + 1):
             if i == 1:  # the first step pays for allocation and kernel selection
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
-            g, h = net(x)
+            with autocast(device):
+                g, h = net(x)
             loss = torch.nn.functional.cross_entropy(g, y) + torch.nn.functional.cross_entropy(h, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
