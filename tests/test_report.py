@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,11 +17,14 @@ from fasttarget.report import (
     Results,
     Stat,
     fig_acc_vs_step,
+    fig_diagnostics,
     lowess_curve,
+    soft_gaps,
     table1,
     table2,
     table3,
     table4,
+    table_diagnostics,
     write_report,
 )
 from fasttarget.results import EvalRow, ResultsIndex, RunRow
@@ -223,3 +227,53 @@ def test_committed_cpu_small_results_re_report_to_their_committed_claims():
     res = Results.load(committed)
     assert len(res.runs) == 33 and res.class_counts == (5000,) * 10
     assert [c.to_json() for c in check_claims(res)] == json.loads((committed / "claims.json").read_text())
+
+
+def _diagnosed(pairs, entropy: dict[str, float], agreement: dict[str, float]):
+    """The runs with diagnostics: by strategy, plus the teacher accuracy and seed as small offsets."""
+    out = []
+    for row, evals in pairs:
+        extra = (row.teacher_acc or 0) / 10 + row.seed / 100
+        teacher = f"stdaug-t{(row.teacher_acc or 0.7) * 100:g}"
+        out.append((dataclasses.replace(row, target_entropy=entropy[row.strategy] + (extra if row.strategy != "A" else 0),
+                                        agreement=agreement[row.strategy] + extra, agreement_teacher=teacher), evals))
+    return out
+
+
+def test_diagnostics_table_figure_and_csv_round_trip(tmp_path):
+    pairs = []
+    for seed in range(2):
+        pairs.append(make_run("A", seed, lambda s: 0.3))
+        for t in (0.3, 0.7):
+            pairs += [make_run(s, seed, lambda x, t=t: 0.3 + t / 10, teacher=t) for s in ("B", "C")]
+    pairs = _diagnosed(pairs, {"A": 0.0, "B": 1.0, "C": 1.5}, {"A": 0.4, "B": 0.5, "C": 0.6})
+    res = results(pairs)
+    section = table_diagnostics(res)
+    rows = {tuple(line.split(" | ")[:2]): line for line in section.body.splitlines() if line.startswith("| ")}
+    # B, 70 % teacher: entropy 1.07 + seed/100 → 1.075 ± 0.007; agreement 57 % + seed → 57.5 ± 0.7
+    assert "| 1.075 ± 0.007 | 57.5 ± 0.7 | stdaug-t70 | 37.0 ± 0.0 | 2 |" in rows[("| B", "70%")]
+    assert "| 0.000 ± 0.000 | 40.5 ± 0.7 | stdaug-t70 |" in rows[("| A", "–")]
+    gaps = {(r.strategy, r.teacher_acc, r.seed): round(g, 6) for r, g in soft_gaps(res)}
+    assert gaps[("C", 0.7, 1)] == pytest.approx(0.07)  # paired with A of the same seed
+    fig, _ = fig_diagnostics(res)
+    assert fig is not None and len(fig.axes) == 2
+    _index_from(pairs, tmp_path)
+    written = {p.name for p in write_report(tmp_path, tmp_path / "report")}
+    assert "fig_diagnostics.png" in written
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Target entropy and teacher–student agreement" in text and "fig_diagnostics.png" in text
+    again = Results.load(tmp_path / "report")  # from the exported CSV, as a committed report is redone
+    assert table_diagnostics(again).body == table_diagnostics(Results.load(tmp_path)).body
+
+
+def test_a_csv_from_before_diagnostics_reports_without_them(tmp_path):
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-small"
+    assert "target_entropy" not in (committed / "results.csv").read_text().splitlines()[0]
+    for name in ("results.csv", "meta.json"):
+        (tmp_path / name).write_bytes((committed / name).read_bytes())
+    res = Results.load(tmp_path)
+    assert len(res.runs) == 33 and all(r.target_entropy is None and r.agreement is None for r in res.runs)
+    assert table_diagnostics(res) is None
+    written = {p.name for p in write_report(tmp_path)}
+    text = (tmp_path / "report.md").read_text()
+    assert "fig_diagnostics.png" not in written and "agreement" not in text.lower()

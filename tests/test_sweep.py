@@ -41,6 +41,8 @@ TINY = {
     "data": {"source": "unused-by-fakes"},
     "student": {"eval_every": 5, "seeds": [0, 1]},
     "teacher": {"max_steps": 100},
+    # The fakes write no student model: diagnostics of real runs are in test_diagnostics.
+    "report": {"diagnostics": False},
     "grid": [
         {"name": "main", "strategies": ["A", "B", "C"], "teacher_accuracies": [0.3, 0.5],
          "teacher_augs": ["stdaug"], "student_augs": ["stdaug"], "ipc": [10, 50], "steps": [10, 20]},
@@ -432,3 +434,62 @@ def test_a_teacher_file_gone_retrains_its_ladder(tmp_path):
     summary = run_sweep(_cfg(strategies=["B"], ipc=[10]), tmp_path, INLINE, stages=rec.stages())
     assert summary.counts == {"done": 4} and len(rec.ladders) == 1
     assert sorted(r.spec.teacher_acc for r in rec.runs) == [0.3, 0.3]
+
+
+# -- diagnostics (the real measurements are in test_diagnostics) -----------------------
+
+
+def fake_score(req) -> None:
+    req.out_file.parent.mkdir(parents=True, exist_ok=True)
+    req.out_file.write_text(json.dumps({"teacher": str(req.teacher), "subsets": len(req.subsets)}))
+
+
+def fake_diagnose(req) -> None:
+    """Writes diagnostics.json as the real stage does, from what the request names."""
+    (req.run_dir / "diagnostics.json").write_text(json.dumps({
+        "target_entropy": {"A": 0.0, "B": 1.5, "C": 1.25}[req.strategy],
+        "agreement": None if req.teacher_scores is None else 0.5, "agreement_teacher": req.teacher}))
+
+
+def _diag_cfg(**overrides) -> SweepConfig:
+    return dataclasses.replace(_cfg(**overrides), diagnostics=True)
+
+
+@pytest.mark.parametrize("max_fleet", [1, 4])
+def test_diagnostics_follow_every_run_solo_or_in_fleets(tmp_path, max_fleet):
+    stages = dataclasses.replace(FAKES, score_teacher=fake_score, diagnose_run=fake_diagnose)
+    summary = run_sweep(_diag_cfg(), tmp_path, INLINE, stages=stages, max_fleet=max_fleet)
+    assert summary.counts == {"done": 20}
+    index = ResultsIndex(tmp_path / "results.sqlite")
+    for row in index.runs():
+        assert row.target_entropy == {"A": 0.0, "B": 1.5, "C": 1.25}[row.strategy] and row.agreement == 0.5
+        # A compares with the strongest teacher of its paired soft-target runs.
+        assert row.agreement_teacher == (f"stdaug-t{row.teacher_acc * 100:g}" if row.teacher_acc else "stdaug-t50")
+    diagnostics = index.units(kind="diagnostics")
+    assert len(diagnostics) == 2 + 20 and {u.status for u in diagnostics} == {"done"}
+    assert {p.name for p in (tmp_path / "diagnostics").iterdir()} == {"stdaug-t30.npz", "stdaug-t50.npz"}
+    # B's entropy samples: one per subset (ipc 10 and 50 of seeds 0 and 1), for each teacher.
+    assert json.loads((tmp_path / "diagnostics" / "stdaug-t50.npz").read_text())["subsets"] == 4
+
+
+def test_finished_sweep_rerun_with_diagnostics_trains_nothing(tmp_path):
+    run_sweep(_cfg(), tmp_path, INLINE, stages=FAKES)  # a sweep from before diagnostics
+    rec = Recorder()
+    stages = dataclasses.replace(rec.stages(), score_teacher=fake_score, diagnose_run=fake_diagnose)
+    lines: list[str] = []
+    summary = run_sweep(_diag_cfg(), tmp_path, INLINE, stages=stages, log=lines.append, max_fleet=4)
+    assert summary.trained == () and summary.counts == {"done": 20}
+    assert rec.runs == [] and rec.fleets == [] and rec.ladders == [] and rec.caches == []
+    assert "22 units to run" in lines[0], lines[0]
+    assert all(r.target_entropy is not None for r in ResultsIndex(tmp_path / "results.sqlite").runs())
+    converted = dataclasses.replace(_diag_cfg(), data_source=None, data_dir=tmp_path / "data")
+    assert "diagnostics: 0 of 22 units to run" in describe_plan(converted, tmp_path, estimate=False)
+
+
+def test_a_failed_run_fails_its_diagnostics_only(tmp_path):
+    stages = dataclasses.replace(FAKES, score_teacher=fake_score, diagnose_run=fake_diagnose)
+    summary = run_sweep(_diag_cfg(student_augs=["stdaug", "boom"], strategies=["A"]), tmp_path, INLINE,
+                        stages=stages)
+    assert summary.counts == {"done": 4, "failed": 4}
+    units = ResultsIndex(tmp_path / "results.sqlite").units(kind="diagnostics")
+    assert sorted((u.status, "boom" in u.key) for u in units) == [("done", False)] * 4 + [("failed", True)] * 4

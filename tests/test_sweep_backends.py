@@ -27,6 +27,7 @@ from test_sweep import FAKES, INLINE, fake_cache, fake_data, fake_ladder, fake_t
 TESTS = Path(__file__).resolve().parent
 SMALL = {
     "name": "backends", "data": {"source": "fake"}, "student": {"eval_every": 5, "seeds": [0, 1]},
+    "report": {"diagnostics": False},  # the fakes write no student model (see test_diagnostics)
     "grid": [{"name": "g", "strategies": ["A", "B", "C"], "teacher_accuracies": [0.3], "teacher_augs": ["stdaug"],
               "student_augs": ["stdaug"], "ipc": [10], "steps": [20]}],
 }

@@ -57,6 +57,7 @@ class SimExecutor(Executor):
 def _two_ladder_cfg(**grid) -> SweepConfig:
     return SweepConfig.from_dict({
         "name": "graph", "data": {"source": "fake"}, "student": {"eval_every": 5, "seeds": [0]},
+        "report": {"diagnostics": False},  # the fakes write no student model (see test_diagnostics)
         "grid": [{"name": "g", "strategies": ["A", "B", "C"], "teacher_accuracies": [0.3],
                   "teacher_augs": ["color", "flip"], "student_augs": ["stdaug"], "steps": [10], **grid}],
     })
@@ -108,7 +109,7 @@ def flaky_train(req, fail_times: int) -> None:
 
 def _seeds_cfg() -> SweepConfig:
     return SweepConfig.from_dict({
-        "name": "retries", "data": {"source": "fake"},
+        "name": "retries", "data": {"source": "fake"}, "report": {"diagnostics": False},
         "grid": [{"strategies": ["A"], "student_augs": ["stdaug"], "steps": [10], "eval_every": 5, "seeds": [0, 1]}],
     })
 

@@ -15,7 +15,9 @@ the Gain row C/B at the step budgets; 3 — teacher augmentation × teacher accu
 (``fig_acc_vs_step.png``, as Figures 3/4), accuracy vs IPC (``fig_acc_vs_ipc.png``,
 Figure 6), augmentation × strategy scaling (``fig_aug_scaling.png``, Figure 7), and soft
 targets on ~10 % vs one-hot on the most data at equal budgets (``fig_budget_matched.png``,
-Figure 1).
+Figure 1). Where the sweep measured diagnostics (:mod:`fasttarget.diagnostics`), a table of
+target entropy and teacher–student agreement per configuration and ``fig_diagnostics.png``
+(agreement and accuracy vs teacher accuracy; the soft − one-hot gap vs target entropy).
 
 Example:
     >>> from fasttarget.report import Stat
@@ -436,6 +438,116 @@ def table4(res: Results) -> Section:
     return Section(title, _md_table(header, rows))
 
 
+def _mean_sd(values: Sequence[float], scale: float = 100.0, digits: int = 1) -> str:
+    stat = Stat.of(values)
+    return f"{stat.mean * scale:.{digits}f} ± {stat.std * scale:.{digits}f}"
+
+
+def diagnosed(res: Results) -> list[RunRow]:
+    """Finished runs whose diagnostics were measured (none in sweeps from before them)."""
+    return [r for r in res.runs if r.target_entropy is not None]
+
+
+def table_diagnostics(res: Results) -> Section | None:
+    """Per configuration: the teacher's accuracy, the target entropy, the student's agreement with
+    the teacher and its final accuracy, mean ± sd over seeds; ``None`` without diagnostics."""
+    runs = diagnosed(res)
+    if not runs:
+        return None
+    groups: dict[tuple, list[RunRow]] = {}
+    for r in runs:
+        groups.setdefault(_condition(r) + (r.steps,), []).append(r)
+    rows = []
+    for cond in sorted(groups, key=lambda c: (c[0], c[2] or "", c[1] or 0, c[3], res.size(c[4], c[5]), c[6])):
+        group = groups[cond]
+        strategy, t_acc, t_aug, s_aug, ipc, frac, steps = cond
+        measured = [r.teacher_acc_measured for r in group if r.teacher_acc_measured is not None]
+        agreements = [r.agreement for r in group if r.agreement is not None]
+        compared = sorted({r.agreement_teacher for r in group if r.agreement_teacher})
+        rows.append([strategy, "–" if t_acc is None else teacher_label(t_acc), t_aug or "–", s_aug,
+                     subset_name(ipc, frac), str(steps), f"{np.mean(measured):.1%}" if measured else "–",
+                     _mean_sd([r.target_entropy for r in group], scale=1, digits=3),
+                     _mean_sd(agreements) if agreements else "–", ", ".join(compared) or "–",
+                     _mean_sd([r.final_acc for r in group if r.final_acc is not None]), str(len(group))])
+    header = ["Strategy", "Teacher", "Teacher aug", "Student aug", "Subset", "Steps", "Teacher top-1",
+              "Target entropy (nats)", "Agreement (%)", "Agreement with", "Student top-1 (%)", "Seeds"]
+    caption = ("Target entropy: mean entropy of the run's targets (A one-hot: 0; B the teacher on un-augmented "
+               "training images of the run's subset; C its cache rows), at the sweep's temperature. Agreement: "
+               "share of a seeded, class-stratified test subset on which the student's h and the named teacher "
+               "predict the same class (A: the strongest teacher of its paired soft runs). Mean ± sd over seeds; "
+               "see docs/sweeps.md, \"Diagnostics\".")
+    return Section("Target entropy and teacher–student agreement", caption + "\n\n" + _md_table(header, rows))
+
+
+def soft_gaps(res: Results) -> list[tuple[RunRow, float]]:
+    """Each B or C run with its soft − one-hot gap: its final accuracy minus that of the A run paired
+    with it (same student augmentation, subset, steps and seed), where both exist."""
+    ones = {(r.student_aug, r.ipc, r.fraction, r.steps, r.seed): r for r in res.select(strategy="A")}
+    pairs = []
+    for r in res.runs:
+        a = ones.get((r.student_aug, r.ipc, r.fraction, r.steps, r.seed))
+        if r.strategy != "A" and a is not None and r.final_acc is not None and a.final_acc is not None:
+            pairs.append((r, r.final_acc - a.final_acc))
+    return pairs
+
+
+def fig_diagnostics(res: Results):
+    """Left: agreement and final accuracy vs the teacher's accuracy, per strategy. Right: the
+    soft − one-hot gap vs the target entropy, per configuration (seed means, ±1 sd bars)."""
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in diagnosed(res) if r.teacher_acc_measured is not None and r.agreement is not None]
+    if not runs:
+        return None, None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.6))
+    colors = {"A": "crimson", "B": "tab:blue", "C": "tab:orange"}
+    groups: dict[tuple, list[RunRow]] = {}
+    for r in runs:
+        groups.setdefault(_condition(r) + (r.steps,), []).append(r)
+    for strategy in ("B", "C"):
+        conds = sorted((c for c in groups if c[0] == strategy), key=lambda c: c[1])
+        for i, cond in enumerate(conds):
+            group = groups[cond]
+            x = float(np.mean([r.teacher_acc_measured for r in group])) * 100
+            for key, marker, what in (("agreement", "o", "agreement with its teacher"),
+                                      ("final_acc", "s", "student top-1")):
+                stat = Stat.of([getattr(r, key) for r in group])
+                left.errorbar(x, stat.mean * 100, stat.std * 100, color=colors[strategy], marker=marker, capsize=3,
+                              mfc=colors[strategy] if key == "agreement" else "white", ls="none",
+                              label=f"{strategy}: {what}" if i == 0 else None)
+    lims = [min(left.get_xlim()[0], left.get_ylim()[0]), max(left.get_xlim()[1], left.get_ylim()[1])]
+    left.plot(lims, lims, ":", color="grey", lw=1, label="y = teacher top-1")
+    left.set_xlabel("Teacher top-1 accuracy (%), measured")
+    left.set_ylabel("%")
+    left.set_title("Agreement and accuracy vs teacher accuracy", fontsize=9)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    gaps: dict[tuple, list[tuple[RunRow, float]]] = {}
+    for r, gap in soft_gaps(res):
+        if r.target_entropy is not None:
+            gaps.setdefault(_condition(r) + (r.steps,), []).append((r, gap))
+    for cond, pairs in sorted(gaps.items(), key=lambda kv: str(kv[0])):
+        strategy, t_acc, t_aug, s_aug, ipc, frac, _ = cond
+        ent = Stat.of([r.target_entropy for r, _ in pairs])
+        gap = Stat.of([g for _, g in pairs])
+        right.errorbar(ent.mean, gap.mean * 100, gap.std * 100, xerr=ent.std, color=colors[strategy], marker="o",
+                       capsize=3, ls="none")
+        right.annotate(f"{strategy} {teacher_label(t_acc)} {t_aug}, {s_aug}, {subset_name(ipc, frac)}",
+                       (ent.mean, gap.mean * 100), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    right.margins(x=0.3)  # room for the labels right of the points
+    right.axhline(0, color="grey", lw=1, ls=":")
+    right.set_xlabel("Target entropy (nats)")
+    right.set_ylabel("Soft − one-hot top-1, paired by seed (points)")
+    right.set_title("Soft − one-hot gap vs target entropy", fontsize=9)
+    right.grid(alpha=0.3)
+    seeds = sorted({len(g) for g in groups.values()})
+    fig.suptitle(f"{res.name}: diagnostics, mean ± sd over {seeds[0]}–{seeds[-1]} seeds per point"
+                 if len(seeds) > 1 else f"{res.name}: diagnostics, mean ± sd over {seeds[0]} seeds per point",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig, None
+
+
 # -- figures -------------------------------------------------------------------------------
 
 
@@ -561,7 +673,7 @@ def _scaling_ax(ax, title: str, res: Results | None = None, runs: list[RunRow] =
 
 
 def fig_acc_vs_ipc(res: Results):
-    """Accuracy vs IPC (log x) per strategy and teacher (Figure 6)."""
+    """Accuracy vs IPC (log x) per strategy and teacher (Figure 6), each teacher's own accuracy dotted."""
     import matplotlib.pyplot as plt
 
     pool = _ipc_runs(res)
@@ -577,6 +689,7 @@ def fig_acc_vs_ipc(res: Results):
         xs, stats = _scaling_lines(res, ref, step)
         ax.errorbar(xs, [s.mean * 100 for s in stats], [s.std * 100 for s in stats], color="crimson",
                     marker="o", capsize=3, label="A (one-hot)")
+    reference: dict[float, Any] = {}
     for s, cmap, marker in (("B", "Blues", "s"), ("C", "Oranges", "^")):
         sel = res.select(runs, strategy=s)
         teachers = res.teachers(sel)
@@ -584,6 +697,8 @@ def fig_acc_vs_ipc(res: Results):
             xs, stats = _scaling_lines(res, res.select(sel, teacher_acc=t), step)
             ax.errorbar(xs, [v.mean * 100 for v in stats], [v.std * 100 for v in stats], color=color,
                         marker=marker, capsize=3, label=f"{s}, teacher {teacher_label(t)}")
+            reference.setdefault(t, color)
+    _teacher_lines(ax, res, runs, reference)
     _scaling_ax(ax, f"{res.name}: accuracy vs IPC at step {step}\n{describe_context(ctx)}", res, runs, step)
     fig.tight_layout()
     return fig, ctx
@@ -703,6 +818,10 @@ FIGURES = {
                                fig_budget_matched),
 }
 
+DIAGNOSTICS_FIGURES = {
+    "fig_diagnostics.png": ("Teacher–student agreement and target entropy", fig_diagnostics),
+}
+
 
 # -- the report -------------------------------------------------------------------------
 
@@ -774,10 +893,13 @@ def write_report(directory: Path, out: Path | None = None) -> list[Path]:
              f"Runs: {', '.join(f'{n} {s}' for s, n in sorted(res.statuses.items()))}. "
              f"Accuracies are the linear classifier h's top-1 on the test split, in %.", "",
              "## Claim check (the paper's findings a–f)", "", claims_md, ""]
-    for section in table1(res) + [table2(res), table3(res), table4(res)]:
+    sections = table1(res) + [table2(res), table3(res), table4(res), table_diagnostics(res)]
+    for section in filter(None, sections):
         lines += [f"## {section.title}", "", section.body, ""]
     lines += ["## Figures", ""]
-    for name, (title, make) in FIGURES.items():
+    # The diagnostics figure only where they were measured: older sweeps' reports stay as they were.
+    figures = {**FIGURES, **(DIAGNOSTICS_FIGURES if diagnosed(res) else {})}
+    for name, (title, make) in figures.items():
         fig, ctx = make(res)
         if fig is None:
             lines += [f"### {title}", "", "_Not covered by this sweep: the runs it needs are missing._", ""]

@@ -7,7 +7,9 @@ they can be queried without walking the tree:
 - ``runs``: one row per run — its axes (strategy, teacher accuracy and augmentation,
   student augmentation, subset, steps, eval interval, seed), ``status``
   (``planned`` / ``running`` / ``done`` / ``failed``), the error of a failed run, and the
-  final accuracy of the classifier h (and of the soft head g);
+  final accuracy of the classifier h (and of the soft head g), and its diagnostics once
+  measured (``target_entropy``, ``agreement`` with ``agreement_teacher``; empty in indexes
+  and CSVs written before them, which read as they are);
 - ``evals``: one row per evaluation of a run (``step``, ``images_seen``, ``test_acc_h``,
   ``test_acc_g``, ``loss``, ``img_per_s``, ``wall_s``);
 - ``units``: one row per unit of work (dataset conversion, teacher ladder, cache, run):
@@ -78,7 +80,10 @@ class RunRow(RunAxes):
 
     ``teacher_acc`` is the ladder's preset accuracy (``None`` for Strategy A);
     ``teacher_acc_measured`` the accuracy the saved teacher really had. ``ipc`` and
-    ``fraction`` are ``None`` on the full training split.
+    ``fraction`` are ``None`` on the full training split. The diagnostics
+    (:mod:`fasttarget.diagnostics`) are ``None`` until measured, and in indexes written
+    before them: ``target_entropy`` (nats), ``agreement`` (top-1 agreement of the student's
+    ``h`` with ``agreement_teacher``, e.g. ``noaug-t60``, on a test subset).
     """
 
     run_id: str
@@ -90,6 +95,9 @@ class RunRow(RunAxes):
     teacher_acc_measured: float | None = None
     wall_s: float | None = None
     run_dir: str | None = None
+    target_entropy: float | None = None
+    agreement: float | None = None
+    agreement_teacher: str | None = None
     updated_at: str | None = None
 
     @property
@@ -189,11 +197,19 @@ class ResultsIndex:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path)
-        self._db.execute(_create_sql("runs", RunRow, "run_id"))
-        self._db.execute(_create_sql("evals", EvalRow, "run_id, step"))
-        self._db.execute(_create_sql("units", UnitRow, "key"))
+        for table, cls, key in (("runs", RunRow, "run_id"), ("evals", EvalRow, "run_id, step"),
+                                ("units", UnitRow, "key")):
+            self._db.execute(_create_sql(table, cls, key))
+            self._add_missing_columns(table, cls)
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self._db.commit()
+
+    def _add_missing_columns(self, table: str, cls: type) -> None:
+        """Columns added since an existing index was written (left NULL in its old rows)."""
+        have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        for f in _fields(cls):
+            if f.name not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {f.name} {_sql_type(str(f.type))}")
 
     @classmethod
     def open_existing(cls, directory: Path) -> ResultsIndex:
@@ -336,7 +352,7 @@ def _parse(annotation: str, text: str) -> Any:
 
 def read_csv(path: Path) -> tuple[list[RunRow], dict[str, list[EvalRow]]]:
     """Runs and evaluations back from a ``results.csv`` (:meth:`ResultsIndex.write_csv`);
-    files written before ``eval_images`` existed read without it.
+    files written before a column existed (``eval_images``, the diagnostics) read without it.
 
     Example:
         >>> import tempfile, pathlib

@@ -10,7 +10,9 @@ their axes (:attr:`RunSpec.run_id`), so a run listed by two grids is trained onc
 A sweep is a graph of **units** (:mod:`~fasttarget.sweep.units`): the dataset conversion
 (``OUT/data``, unless the config names a converted one), one teacher ladder per teacher
 augmentation (``OUT/teachers/<aug>/``), one logits cache per Strategy C teacher
-(``OUT/caches/``), and one student run per run id (``OUT/runs/<run_id>/``). Each unit
+(``OUT/caches/``), one student run per run id (``OUT/runs/<run_id>/``) and, with ``[report]
+diagnostics`` (the default), the diagnostics of each finished run (:mod:`fasttarget.diagnostics`:
+target entropy and teacher agreement, from one scoring per teacher in ``OUT/diagnostics/``). Each unit
 declares the resources it needs (``[resources.<kind>]``) and runs on an executor
 (:mod:`~fasttarget.sweep.executors`: local processes, Ray tasks or SLURM jobs through
 submitit) as soon as the units it depends on have finished — a Strategy A run at once, a
@@ -87,9 +89,11 @@ from fasttarget.sweep.run import SweepSummary, describe_plan, run_sweep
 from fasttarget.sweep.stages import (
     CacheRequest,
     DataRequest,
+    DiagnosticsRequest,
     FleetRequest,
     LadderRequest,
     RunRequest,
+    ScoreRequest,
     Stages,
     TeacherCheckpoint,
     train_config,
@@ -97,7 +101,7 @@ from fasttarget.sweep.stages import (
 
 __all__ = [
     "BACKENDS", "DEVICES", "STRATEGIES", "UNIT_KINDS", "BackendConfig", "CacheRequest", "DataRequest",
-    "Executor", "FleetRequest", "GridConfig", "LadderRequest", "Resources", "RunRequest", "RunSpec", "SlurmSettings",
+    "DiagnosticsRequest", "Executor", "FleetRequest", "GridConfig", "LadderRequest", "Resources", "RunRequest", "RunSpec", "ScoreRequest", "SlurmSettings",
     "Stages", "SweepConfig", "SweepLayout", "SweepPlan", "SweepSummary", "TeacherCheckpoint",
     "TeacherSettings", "default_workers", "describe_plan", "expand_grid", "fleet_size", "group_fleets", "plan_sweep",
     "run_batch_size", "run_sweep", "train_config",

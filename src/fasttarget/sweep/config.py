@@ -25,7 +25,7 @@ from fasttarget.errors import UserError
 
 DEVICES = ("cpu", "cuda")
 # The kinds of unit a sweep is made of, in the order they are preferred when several are ready.
-UNIT_KINDS = ("data", "ladder", "cache", "run", "fleet")
+UNIT_KINDS = ("data", "ladder", "cache", "run", "fleet", "diagnostics")
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ class SweepConfig:
         budgets_from_one_run: read smaller step budgets from the longest run's evaluations.
         resources: :class:`Resources` by unit kind (``[resources.run]`` … in TOML); kinds
             not given get :func:`default_resources`.
+        diagnostics: measure every finished run's target entropy and teacher agreement
+            (:mod:`fasttarget.diagnostics`; ``[report] diagnostics``).
     """
 
     name: str
@@ -176,6 +178,7 @@ class SweepConfig:
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     budgets_from_one_run: bool = True
     resources: dict[str, Resources] = field(default_factory=dict)
+    diagnostics: bool = True
 
     def __post_init__(self) -> None:
         if (self.data_source is None) == (self.data_dir is None):
@@ -250,6 +253,8 @@ class SweepConfig:
         _no_unknown("[teacher]", teacher, keys["[teacher]"])
         student = dict(data.get("student", {}))
         _no_unknown("[student]", student, keys["[student]"])
+        report = dict(data.get("report", {}))
+        _no_unknown("[report]", report, keys["[report]"])
         resources = {}
         for kind, table in dict(data.get("resources", {})).items():
             if not isinstance(table, dict):
@@ -283,6 +288,7 @@ class SweepConfig:
             teacher=TeacherSettings(**teacher),
             budgets_from_one_run=bool(data.get("budgets_from_one_run", True)),
             resources=resources,
+            diagnostics=bool(report.get("diagnostics", True)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -294,13 +300,14 @@ def schema() -> dict[str, set[str]]:
     """Every table of a sweep TOML and the keys it accepts (docs/sweeps.md documents each; a test checks)."""
     return {
         "top level": {"name", "description", "device", "budgets_from_one_run", "data", "model", "teacher",
-                      "student", "grid", "resources"},
+                      "student", "grid", "resources", "report"},
         "[data]": {"dataset", "source", "dir"},
         "[model]": {"arch", "width"},
         "[teacher]": {f.name for f in fields(TeacherSettings)},
         "[student]": {"batch_size", "stream_small_subsets", "temperature", "compile", "eval_every", "seeds"},
         "[[grid]]": {f.name for f in fields(GridConfig)},
         "[resources.KIND]": {f.name for f in fields(Resources)},
+        "[report]": {"diagnostics"},
     }
 
 

@@ -137,6 +137,10 @@ class SweepLayout:
     def cache_file(self, aug: str, acc: float) -> Path:
         return self.out / "caches" / f"{aug}-t{pct(acc)}.h5"
 
+    def teacher_scores(self, aug: str, acc: float) -> Path:
+        # One teacher's logits for the diagnostics of every run that compares with it.
+        return self.out / "diagnostics" / f"{aug}-t{pct(acc)}.npz"
+
     def relative(self, path: Path) -> str:
         """``path`` relative to the root (as stored on disk and in the index)."""
         return Path(path).relative_to(self.out).as_posix()

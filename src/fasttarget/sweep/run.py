@@ -31,10 +31,11 @@ class SweepSummary:
 
 
 def _needed(units: list[Unit], ctx: SweepContext) -> list[Unit]:
-    """The units still to run: unfinished runs and the unfinished units they depend on, in order."""
+    """The units still to run: unfinished runs and diagnostics and the unfinished units they
+    depend on, in order."""
     by_key = {u.key: u for u in units}
     keep: set[str] = set()
-    stack = [u.key for u in units if u.runs and not u.done(ctx)]
+    stack = [u.key for u in units if u.wanted and not u.done(ctx)]
     while stack:
         key = stack.pop()
         if key in keep:
@@ -235,8 +236,12 @@ def describe_plan(cfg: SweepConfig, out: Path, max_fleet: int | None = 1, estima
         lines.append(f"data: convert {cfg.dataset} from {cfg.data_source} into {layout.data}")
     units = build_units(ctx, sweep_fleet_size(ctx, max_fleet))
     for unit in units:
-        if not unit.runs and unit.kind != "data":
+        if unit.kind not in ("data", "diagnostics") and not unit.runs:
             lines.append(f"{unit.label}: {'done' if unit.done(ctx) else 'to run'}")
+    diagnostics = [u for u in units if u.kind == "diagnostics"]
+    if diagnostics:
+        left = sum(not u.done(ctx) for u in diagnostics)
+        lines.append(f"diagnostics: {left} of {len(diagnostics)} units to run (teacher scores, then one per run)")
     fleet_of = {r.spec.run_id: unit.fleet_id for unit in units if len(unit.runs) > 1 for r in unit.runs}
     states: dict[str, int] = {}
     steps_left = 0

@@ -1,7 +1,7 @@
 """The work inside each unit: requests, the real stage functions, and the jobs workers run.
 
 A unit's *request* is a small frozen dataclass (picklable, so any backend can ship it);
-its *stage* is the function that does the work (``Stages`` holds the four real ones, tests
+its *stage* is the function that does the work (``Stages`` holds the real ones, tests
 swap in fakes); its *job* is what a worker calls — the stage, plus writing the files by
 which the driver later knows the unit finished (``rungs.json`` for a ladder). Everything a
 unit produces lands on disk under the sweep root, so nothing that finished is lost when
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fasttarget.subsets import SubsetConfig
 from fasttarget.sweep.config import TeacherSettings
 from fasttarget.sweep.plan import RunSpec
 
@@ -90,6 +91,33 @@ class FleetRequest:
 
     members: tuple[RunRequest, ...]
     fleet_dir: Path
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score one teacher for the diagnostics of its runs (:func:`fasttarget.diagnostics.score_teacher`):
+    on the test subset and on the entropy samples of the training ``subsets`` of its B runs."""
+
+    teacher: Path
+    data_dir: Path
+    subsets: tuple[SubsetConfig, ...]
+    out_file: Path
+    device: str
+
+
+@dataclass(frozen=True)
+class DiagnosticsRequest:
+    """Measure one finished run (:func:`fasttarget.diagnostics.diagnose_run`)."""
+
+    run_dir: Path
+    data_dir: Path
+    strategy: str
+    temperature: float
+    subset: SubsetConfig
+    device: str
+    teacher_scores: Path | None = None
+    teacher: str | None = None
+    cache: Path | None = None
 
 
 def fleet_config(req: FleetRequest):
@@ -168,6 +196,19 @@ def _real_train_fleet(req: FleetRequest) -> None:
     train_fleet(fleet_config(req))
 
 
+def _real_score_teacher(req: ScoreRequest) -> None:
+    from fasttarget.diagnostics import score_teacher
+
+    score_teacher(req.teacher, req.data_dir, req.subsets, req.out_file, req.device)
+
+
+def _real_diagnose_run(req: DiagnosticsRequest) -> None:
+    from fasttarget.diagnostics import diagnose_run
+
+    diagnose_run(req.run_dir, req.data_dir, req.strategy, req.temperature, req.subset,
+                 teacher_scores=req.teacher_scores, teacher=req.teacher, cache=req.cache, device=req.device)
+
+
 @dataclass(frozen=True)
 class Stages:
     """The kinds of work a sweep does; tests swap in fakes, the defaults do the real work.
@@ -180,6 +221,8 @@ class Stages:
         build_cache: ``CacheRequest -> None``, writes ``out_file`` atomically.
         train_student: ``RunRequest -> None``, writes the run directory.
         train_fleet: ``FleetRequest -> None``, writes every member's run directory.
+        score_teacher: ``ScoreRequest -> None``, writes ``out_file`` atomically.
+        diagnose_run: ``DiagnosticsRequest -> None``, writes ``run_dir/diagnostics.json`` atomically.
     """
 
     prepare_data: Callable[[DataRequest], None] = _real_prepare_data
@@ -187,6 +230,8 @@ class Stages:
     build_cache: Callable[[CacheRequest], None] = _real_build_cache
     train_student: Callable[[RunRequest], None] = _real_train_student
     train_fleet: Callable[[FleetRequest], None] = _real_train_fleet
+    score_teacher: Callable[[ScoreRequest], None] = _real_score_teacher
+    diagnose_run: Callable[[DiagnosticsRequest], None] = _real_diagnose_run
 
 
 def ladder_job(train_ladder: Callable[[LadderRequest], dict[float, TeacherCheckpoint]]) -> Callable[[LadderRequest], None]:

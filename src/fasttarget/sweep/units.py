@@ -1,4 +1,4 @@
-"""The units a sweep is made of — dataset conversion, teacher ladder, cache build, student run.
+"""The units a sweep is made of — dataset conversion, teacher ladder, cache build, student run, diagnostics.
 
 A :class:`Unit` knows its key, the units it depends on, the resources it declares, whether
 its work is already on disk, how to build its request for the next attempt, which job a
@@ -6,7 +6,10 @@ worker runs, and what to record when it ends. The driver (:mod:`fasttarget.sweep
 treats every kind alike. Student runs are :class:`RunUnit` s, or, grouped by
 :func:`~fasttarget.sweep.plan.group_fleets`, :class:`FleetUnit` s that train several of them in
 one process on one loader pass (:mod:`fasttarget.fleet`); either way each run writes
-``runs/<run_id>/`` and has its own row in the index.
+``runs/<run_id>/`` and has its own row in the index. With ``[report] diagnostics`` (the
+default) each finished run is then measured (:class:`DiagnosticsUnit`, from its teacher's
+scores, computed once per teacher by a :class:`ScoreUnit`) and its row gains the target
+entropy and the agreement with its teacher (:mod:`fasttarget.diagnostics`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from fasttarget.diagnostics import read_diagnostics
 from fasttarget.results import ResultsIndex, RunRow, UnitRow, eval_rows, final_accuracies, finished, read_run_dir
+from fasttarget.subsets import SubsetConfig
 from fasttarget.sweep.config import Resources, SweepConfig
 from fasttarget.sweep.plan import (
     RunSpec,
@@ -32,9 +37,11 @@ from fasttarget.sweep.plan import (
 from fasttarget.sweep.stages import (
     CacheRequest,
     DataRequest,
+    DiagnosticsRequest,
     FleetRequest,
     LadderRequest,
     RunRequest,
+    ScoreRequest,
     Stages,
     ladder_job,
     ladder_settled,
@@ -105,8 +112,13 @@ class Unit(ABC):
 
     @property
     def runs(self) -> tuple[RunUnit, ...]:
-        """The student runs it trains (none for data, ladders and caches)."""
+        """The student runs it trains (none for data, ladders, caches and diagnostics)."""
         return ()
+
+    @property
+    def wanted(self) -> bool:
+        """Whether a sweep runs it for its own sake (runs, diagnostics), not only for what depends on it."""
+        return bool(self.runs)
 
     def resources(self, ctx: SweepContext) -> Resources:
         return ctx.cfg.unit_resources(self.kind)
@@ -401,6 +413,151 @@ class FleetUnit(Unit):
         return f"  {first_line(error)}" if error else ""
 
 
+def scores_key(aug: str, acc: float) -> str:
+    return f"diagnostics:teacher-{aug}-t{pct(acc)}"
+
+
+def run_subset(spec: RunSpec) -> SubsetConfig:
+    """The training subset of a run (its seed is also the subset's, see :func:`~fasttarget.sweep.stages.train_config`)."""
+    return SubsetConfig(ipc=spec.ipc, fraction=spec.fraction, seed=spec.seed)
+
+
+def teacher_name(key: tuple[str, float]) -> str:
+    """``("noaug", 0.6) -> "noaug-t60"``: a teacher as the index names it."""
+    return f"{key[0]}-t{pct(key[1])}"
+
+
+@dataclass(frozen=True)
+class ScoreUnit(Unit):
+    """Score one teacher once for the diagnostics of every run that compares with it."""
+
+    aug: str
+    acc: float
+    subsets: tuple[SubsetConfig, ...]
+    kind: ClassVar[str] = "diagnostics"
+
+    @property
+    def key(self) -> str:
+        return scores_key(self.aug, self.acc)
+
+    @property
+    def label(self) -> str:
+        return f"scores of teacher {self.aug} {pct(self.acc)}%"
+
+    def deps(self, ctx: SweepContext) -> tuple[str, ...]:
+        return (ladder_key(self.aug),)
+
+    def done(self, ctx: SweepContext) -> bool:
+        return ctx.layout.teacher_scores(self.aug, self.acc).is_file()
+
+    def request(self, ctx: SweepContext) -> ScoreRequest:
+        return ScoreRequest(teacher=Path(ctx.rung(self.aug, self.acc)["path"]), data_dir=ctx.data_dir,
+                            subsets=self.subsets, out_file=ctx.layout.teacher_scores(self.aug, self.acc),
+                            device=ctx.cfg.device)
+
+    def job(self, stages: Stages) -> Callable[[ScoreRequest], None]:
+        return stages.score_teacher
+
+
+@dataclass(frozen=True)
+class DiagnosticsUnit(Unit):
+    """Measure one finished run: its target entropy and its agreement with ``teacher``.
+
+    It runs after ``after`` (the run's own unit, or the fleet that trains it) and the teacher's
+    :class:`ScoreUnit`; partial, so a Strategy A run whose comparison teacher was never reached
+    is still measured (without an agreement).
+    """
+
+    run: RunUnit
+    after: str
+    teacher: tuple[str, float] | None
+    kind: ClassVar[str] = "diagnostics"
+    partial: ClassVar[bool] = True
+
+    @property
+    def key(self) -> str:
+        return f"diagnostics:{self.run.spec.run_id}"
+
+    @property
+    def label(self) -> str:
+        return f"diagnostics of {self.run.spec.run_id}"
+
+    @property
+    def wanted(self) -> bool:
+        return True
+
+    def deps(self, ctx: SweepContext) -> tuple[str, ...]:
+        return (self.after,) + (() if self.teacher is None else (scores_key(*self.teacher),))
+
+    def done(self, ctx: SweepContext) -> bool:
+        return read_diagnostics(ctx.layout.run_dir(self.run.spec)) is not None
+
+    def request(self, ctx: SweepContext) -> DiagnosticsRequest:
+        spec = self.run.spec
+        if not self.run.done(ctx):
+            raise Blocked(f"run {spec.run_id} did not finish")
+        scores = None if self.teacher is None else ctx.layout.teacher_scores(*self.teacher)
+        if scores is not None and not scores.is_file():
+            if spec.strategy == "B":
+                raise Blocked(f"teacher {teacher_name(self.teacher)} was not scored")
+            scores = None  # A and C: no agreement, the entropy is still measured
+        return DiagnosticsRequest(
+            run_dir=ctx.layout.run_dir(spec), data_dir=ctx.data_dir, strategy=spec.strategy,
+            temperature=ctx.cfg.temperature, subset=run_subset(spec), device=ctx.cfg.device, teacher_scores=scores,
+            teacher=None if scores is None else teacher_name(self.teacher),
+            cache=ctx.layout.cache_file(*spec.teacher_key) if spec.strategy == "C" else None)
+
+    def job(self, stages: Stages) -> Callable[[DiagnosticsRequest], None]:
+        return stages.diagnose_run
+
+    def record(self, ctx: SweepContext, status: str, attempts: int, error: str | None = None,
+               wall_s: float | None = None) -> str:
+        detail = super().record(ctx, status, attempts, error, wall_s)
+        if status != "done":
+            return detail
+        sync_run(ctx, self.run)
+        row = ctx.index.runs(run_id=self.run.spec.run_id)[0]
+        agreement = "" if row.agreement is None else f", agreement {row.agreement:.1%} with {row.agreement_teacher}"
+        return f"  entropy {row.target_entropy:.3f}{agreement}"
+
+
+def comparison_teacher(spec: RunSpec, plan: SweepPlan) -> tuple[str, float] | None:
+    """The teacher a run's agreement is measured with: its own (B, C), or for A the strongest
+    teacher (highest preset accuracy, then augmentation name) of the soft-target runs paired with
+    it — same student augmentation, subset, steps, evaluation interval and seed — else ``None``.
+
+    Example:
+        >>> runs = (RunSpec("A", "stdaug", 10, 5, 0), RunSpec("B", "stdaug", 10, 5, 0, 0.3, "noaug"),
+        ...         RunSpec("B", "stdaug", 10, 5, 0, 0.6, "noaug"), RunSpec("B", "stdaug", 10, 5, 1, 0.9, "noaug"))
+        >>> comparison_teacher(runs[0], SweepPlan(runs, {}, (), (10,)))
+        ('noaug', 0.6)
+    """
+    if spec.teacher_key is not None:
+        return spec.teacher_key
+    pair = (spec.student_aug, spec.ipc, spec.fraction, spec.steps, spec.eval_every, spec.seed)
+    teachers = [s.teacher_key for s in plan.runs if s.teacher_key is not None
+                and (s.student_aug, s.ipc, s.fraction, s.steps, s.eval_every, s.seed) == pair]
+    return max(teachers, key=lambda t: (t[1], t[0]), default=None)
+
+
+def diagnostics_units(ctx: SweepContext, trained_by: dict[str, str]) -> list[Unit]:
+    """One :class:`ScoreUnit` per teacher compared with, one :class:`DiagnosticsUnit` per run.
+
+    Args:
+        trained_by: each run id mapped to the key of the unit that trains it (a run or a fleet).
+    """
+    teachers: dict[tuple[str, float], dict[SubsetConfig, None]] = {}
+    runs = []
+    for spec in ctx.plan.runs:
+        teacher = comparison_teacher(spec, ctx.plan)
+        if teacher is not None:
+            subsets = teachers.setdefault(teacher, {})
+            if spec.strategy == "B":  # B's entropy is the teacher's on the run's own images
+                subsets.setdefault(run_subset(spec), None)
+        runs.append(DiagnosticsUnit(RunUnit(spec), trained_by[spec.run_id], teacher))
+    return [ScoreUnit(aug, acc, tuple(subsets)) for (aug, acc), subsets in sorted(teachers.items())] + runs
+
+
 def sync_run(ctx: SweepContext, unit: RunUnit, error: str | None = None, running: bool = False) -> str:
     """Update the index row of a run from its run directory; return its status.
 
@@ -412,8 +569,10 @@ def sync_run(ctx: SweepContext, unit: RunUnit, error: str | None = None, running
     run_dir = ctx.layout.run_dir(spec)
     final, metrics = read_run_dir(run_dir)
     ctx.index.replace_evals(spec.run_id, eval_rows(spec.run_id, metrics))
+    diagnostics = read_diagnostics(run_dir) or {}
     common = dict(run_id=spec.run_id, **asdict(spec), run_dir=ctx.layout.relative(run_dir),
-                  teacher_acc_measured=unit.measured(ctx))
+                  teacher_acc_measured=unit.measured(ctx),
+                  **{k: diagnostics.get(k) for k in ("target_entropy", "agreement", "agreement_teacher")})
     if finished(final):
         acc_h, acc_g = final_accuracies(final)
         row = RunRow(status="done", final_step=final.get("step"), final_acc=acc_h, final_acc_g=acc_g,
@@ -430,12 +589,21 @@ def sync_run(ctx: SweepContext, unit: RunUnit, error: str | None = None, running
 
 def build_units(ctx: SweepContext, max_fleet: int = 1) -> list[Unit]:
     """Every unit of the plan, in the order the driver prefers them when several are ready:
-    conversion, ladders, caches (they unblock others), then runs in grid order.
+    conversion, ladders, caches (they unblock others), runs in grid order, then diagnostics
+    (with ``[report] diagnostics``; they never delay a run).
 
     With ``max_fleet`` > 1 the runs still to train are grouped into fleets
     (:func:`~fasttarget.sweep.plan.group_fleets`); finished runs stay single units (never
     trained again) and a fleet of one is a solo run.
     """
+    units = _training_units(ctx, max_fleet)
+    if not ctx.cfg.diagnostics:
+        return units
+    trained_by = {r.spec.run_id: u.key for u in units for r in u.runs}
+    return units + diagnostics_units(ctx, trained_by)
+
+
+def _training_units(ctx: SweepContext, max_fleet: int) -> list[Unit]:
     units: list[Unit] = [DataUnit()] if ctx.cfg.data_dir is None else []
     units += [LadderUnit(aug, accs) for aug, accs in ctx.plan.ladders.items()]
     units += [CacheUnit(aug, acc) for aug, acc in ctx.plan.caches]
