@@ -488,8 +488,8 @@ def test_finished_sweep_rerun_with_diagnostics_trains_nothing(tmp_path):
 
 def test_a_failed_run_fails_its_diagnostics_only(tmp_path):
     stages = dataclasses.replace(FAKES, score_teacher=fake_score, diagnose_run=fake_diagnose)
-    summary = run_sweep(_diag_cfg(student_augs=["stdaug", "boom"], strategies=["A"]), tmp_path, INLINE,
+    summary = run_sweep(_diag_cfg(student_augs=["stdaug", FAILING_AUG], strategies=["A"]), tmp_path, INLINE,
                         stages=stages)
     assert summary.counts == {"done": 4, "failed": 4}
     units = ResultsIndex(tmp_path / "results.sqlite").units(kind="diagnostics")
-    assert sorted((u.status, "boom" in u.key) for u in units) == [("done", False)] * 4 + [("failed", True)] * 4
+    assert sorted((u.status, FAILING_AUG in u.key) for u in units) == [("done", False)] * 4 + [("failed", True)] * 4
