@@ -155,7 +155,7 @@ class ProcessExecutor(Executor):
         self._ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
         self._gpus = gpus
         self._pool: cf.ProcessPoolExecutor | None = None
-        self._futures: dict[cf.Future, str] = {}
+        self._futures: dict[cf.Future, tuple[str, cf.ProcessPoolExecutor]] = {}
 
     def _fresh_pool(self) -> cf.ProcessPoolExecutor:
         devices = self._ctx.Queue()
@@ -165,21 +165,29 @@ class ProcessExecutor(Executor):
                                       initargs=(devices,))
 
     def submit(self, tasks: Sequence[Task]) -> None:
-        if self._pool is None:
-            self._pool = self._fresh_pool()
         for t in tasks:
-            self._futures[self._pool.submit(run_task, t.job, t.request, t.resources.threads)] = t.key
+            try:
+                pool = self._pool = self._pool or self._fresh_pool()
+                future = pool.submit(run_task, t.job, t.request, t.resources.threads)
+            except cf.BrokenExecutor:
+                # A worker died and another unit finished first: wait() has not seen the death yet,
+                # but the pool refuses work already. The dead pool's futures still resolve (with the
+                # error) through wait(); new work goes to a fresh pool.
+                pool = self._pool = self._fresh_pool()
+                future = pool.submit(run_task, t.job, t.request, t.resources.threads)
+            self._futures[future] = (t.key, pool)
 
     def wait(self) -> list[Outcome]:
         done, _ = cf.wait(self._futures, return_when=cf.FIRST_COMPLETED)
         outcomes = []
         for fut in done:
-            key = self._futures.pop(fut)
+            key, pool = self._futures.pop(fut)
             try:
                 outcomes.append(_outcome(key, fut.result()))
             except Exception as err:  # the worker process itself died
                 outcomes.append(_died(key, err))
-                self._pool = None  # broken: the next submit starts a new one
+                if pool is self._pool:  # broken: the next submit starts a new one
+                    self._pool = None
         return outcomes
 
     def close(self) -> None:
