@@ -100,20 +100,48 @@ static inline uint8_t ft_clip(float v) {
 /* Resize box [bx0,bx1)x[by0,by1) of `rows` (row r is source row row0 + r, column c is source
  * column col0 + c, `pitch` bytes apart) to out_h x out_w RGB. Sources [sx_lo,sx_hi), [sy_lo,sy_hi).
  * Vertical pass first: it runs over contiguous rows of the box (the compiler vectorizes it), and
- * the horizontal pass then touches out_h rows only instead of every decoded row. */
+ * the horizontal pass then touches out_h rows only instead of every decoded row.
+ *
+ * The horizontal pass runs tap by tap over all output pixels of a row (k outer, j inner): each
+ * output's sum then has no dependency chain inside the inner loop, which a per-pixel loop over
+ * its taps has (an add's latency per tap: that loop was half of the kernel's time on 224-px
+ * RandomResizedCrop views). Taps past a pixel's own count have weight 0 at a clamped column, and
+ * adding 0.0f leaves a finite sum unchanged, so every output is the same float sum, in the same
+ * order, as the per-pixel loop's. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+/* An AVX2 clone beside the baseline one, chosen at load time by the CPU (ifunc): the vertical
+ * pass's u8 -> float conversions run 8 lanes wide there (raw-mode resize ~20 % faster measured on
+ * an AVX2 EPYC). No FMA: -std=c99 keeps a*b+c unfused, so both clones give the same bits. */
+__attribute__((target_clones("avx2", "default")))
+#endif
 static int ft_resize(const uint8_t *rows, size_t pitch, int row0, int col0, double bx0, double by0,
                      double bx1, double by1, int sx_lo, int sx_hi, int sy_lo, int sy_hi, uint8_t *dst,
                      int out_h, int out_w) {
     ft_taps tx = {0}, ty = {0};
-    float *mid = NULL;
+    float *mid = NULL, *acc = NULL, *wk = NULL;
+    int *offset = NULL;
     int status = ft_make_taps(&tx, bx0, bx1, sx_lo, sx_hi, out_w);
     if (status == FT_OK) status = ft_make_taps(&ty, by0, by1, sy_lo, sy_hi, out_h);
     const int n = (sx_hi - sx_lo) * 3; /* floats per intermediate row */
+    int taps = 1;                      /* the most taps any output pixel has */
     if (status == FT_OK) {
+        for (int j = 0; j < out_w; j++)
+            if (tx.count[j] > taps) taps = tx.count[j];
         mid = malloc(sizeof(float) * (size_t)n);
-        if (!mid) status = FT_NO_MEMORY;
+        acc = malloc(sizeof(float) * (size_t)out_w * 3);
+        wk = malloc(sizeof(float) * (size_t)out_w * taps);
+        offset = malloc(sizeof(int) * (size_t)out_w * taps);
+        if (!mid || !acc || !wk || !offset) status = FT_NO_MEMORY;
     }
     if (status == FT_OK) {
+        /* Tap k of output j: weight wk[k*out_w + j] at float offset[k*out_w + j] of `mid`. */
+        for (int k = 0; k < taps; k++)
+            for (int j = 0; j < out_w; j++) {
+                int col = tx.first[j] + k;
+                int last = sx_hi - 1;
+                wk[(size_t)k * out_w + j] = k < tx.count[j] ? tx.w[(size_t)j * tx.stride + k] : 0.0f;
+                offset[(size_t)k * out_w + j] = ((col < last ? col : last) - sx_lo) * 3;
+            }
         for (int i = 0; i < out_h; i++) {
             const float *w = ty.w + (size_t)i * ty.stride;
             const uint8_t *src = rows + (size_t)(ty.first[i] - row0) * pitch + (size_t)(sx_lo - col0) * 3;
@@ -123,23 +151,26 @@ static int ft_resize(const uint8_t *rows, size_t pitch, int row0, int col0, doub
                 const float wt = w[t];
                 for (int k = 0; k < n; k++) mid[k] += wt * s[k];
             }
-            uint8_t *d = dst + (size_t)i * out_w * 3;
-            for (int j = 0; j < out_w; j++) {
-                const float *p = mid + (size_t)(tx.first[j] - sx_lo) * 3;
-                const float *wx = tx.w + (size_t)j * tx.stride;
-                float a = 0.f, b = 0.f, c = 0.f;
-                for (int k = 0; k < tx.count[j]; k++, p += 3) {
-                    a += wx[k] * p[0];
-                    b += wx[k] * p[1];
-                    c += wx[k] * p[2];
+            for (int j = 0; j < out_w * 3; j++) acc[j] = 0.0f;
+            for (int k = 0; k < taps; k++) {
+                const float *wrow = wk + (size_t)k * out_w;
+                const int *orow = offset + (size_t)k * out_w;
+                for (int j = 0; j < out_w; j++) {
+                    const float *p = mid + orow[j];
+                    const float wt = wrow[j];
+                    acc[3 * j] += wt * p[0];
+                    acc[3 * j + 1] += wt * p[1];
+                    acc[3 * j + 2] += wt * p[2];
                 }
-                d[3 * j] = ft_clip(a);
-                d[3 * j + 1] = ft_clip(b);
-                d[3 * j + 2] = ft_clip(c);
             }
+            uint8_t *d = dst + (size_t)i * out_w * 3;
+            for (int j = 0; j < out_w * 3; j++) d[j] = ft_clip(acc[j]);
         }
     }
     free(mid);
+    free(acc);
+    free(wk);
+    free(offset);
     ft_free_taps(&tx);
     ft_free_taps(&ty);
     return status;
