@@ -39,16 +39,27 @@ def files(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def inputs(sample_dir, tmp_path_factory):
-    """A teacher and its Strategy C cache for the sample."""
+def teacher_and_cache(data: Path, root: Path) -> tuple[Path, Path]:
+    """A teacher for ``data`` and its Strategy C cache, under ``root``."""
     from fasttarget.cache import CacheBuildConfig, build_cache
 
-    root = tmp_path_factory.mktemp("fleet-inputs")
-    teacher = make_teacher(root / "t30.pt", DatasetMeta.load(sample_dir))
-    cache = build_cache(CacheBuildConfig(data=sample_dir, teacher=teacher, out=root / "t30.h5", device="cpu",
+    teacher = make_teacher(root / "t30.pt", DatasetMeta.load(data))
+    cache = build_cache(CacheBuildConfig(data=data, teacher=teacher, out=root / "t30.h5", device="cpu",
                                          progress=False)).path
     return teacher, cache
+
+
+@pytest.fixture(scope="module")
+def inputs(sample_dir, tmp_path_factory):
+    """A teacher and its cache for the sample: the data on which the fleet's first evaluation was
+    measured bitwise equal to the solo runs' (on other data the first sums may differ in the last bit)."""
+    return teacher_and_cache(sample_dir, tmp_path_factory.mktemp("fleet-inputs"))
+
+
+@pytest.fixture(scope="module")
+def small_inputs(small_sample_dir, tmp_path_factory):
+    """A teacher and its cache for the small sample, for fleets compared with fleets (bit for bit)."""
+    return teacher_and_cache(small_sample_dir, tmp_path_factory.mktemp("fleet-small-inputs"))
 
 
 def test_member_names_are_given_or_made_from_strategy_and_file():
@@ -122,22 +133,22 @@ class _NanFrom:
         return targets if self.calls < self.first else torch.full_like(targets, float("nan"))
 
 
-def test_fused_b_teachers_score_as_the_solo_teachers(sample_dir, inputs, tmp_path, one_thread):
+def test_fused_b_teachers_score_as_the_solo_teachers(small_sample_dir, small_inputs, tmp_path, one_thread):
     from fasttarget.fleet import FleetTargets, fuse_teachers
     from fasttarget.loader import build_loader
     from fasttarget.train import open_run, train_loader_config
 
-    teacher, cache = inputs
-    meta = DatasetMeta.load(sample_dir)
+    teacher, cache = small_inputs
+    meta = DatasetMeta.load(small_sample_dir)
     other = make_teacher(tmp_path / "t50.pt", meta, seed=2)
-    fleet = FleetConfig(TrainConfig(data=sample_dir, out=tmp_path / "fleet", **COMMON),
+    fleet = FleetConfig(TrainConfig(data=small_sample_dir, out=tmp_path / "fleet", **COMMON),
                         parse_members([f"B={teacher}", "A", f"B={other}", f"C={cache}"]))
     runs = [open_run(fleet.member_config(m), torch.device("cpu"), False, 0, meta) for m in fleet.members]
     groups = fuse_teachers(runs, meta, torch.device("cpu"), compiled=False)
     assert [g.members for g in groups] == [(0, 2)]
     unfused = FleetTargets([run.targets for run in runs])
     fused = FleetTargets([run.targets for run in runs], groups)
-    loader = build_loader(train_loader_config(sample_dir, 32, "stdaug+mixup", 0, torch.device("cpu")))
+    loader = build_loader(train_loader_config(small_sample_dir, 32, "stdaug+mixup", 0, torch.device("cpu")))
     for _, batch in zip(range(3), loader):
         expected, got = unfused(batch), fused(batch)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
@@ -146,13 +157,13 @@ def test_fused_b_teachers_score_as_the_solo_teachers(sample_dir, inputs, tmp_pat
     assert fuse_teachers(runs[:2], meta, torch.device("cpu"), compiled=False) == []
 
 
-def test_a_member_whose_loss_turns_nan_is_stopped_and_marked_failed_alone(sample_dir, inputs, tmp_path,
+def test_a_member_whose_loss_turns_nan_is_stopped_and_marked_failed_alone(small_sample_dir, small_inputs, tmp_path,
                                                                          monkeypatch, one_thread):
     import fasttarget.fleet as fleet
 
-    _, cache = inputs
+    _, cache = small_inputs
     specs = ["A", f"bad=C={cache}", f"C={cache}"]
-    healthy = train_fleet(FleetConfig(TrainConfig(data=sample_dir, out=tmp_path / "healthy", **COMMON),
+    healthy = train_fleet(FleetConfig(TrainConfig(data=small_sample_dir, out=tmp_path / "healthy", **COMMON),
                                       parse_members(specs)))
     opened = fleet.open_run
 
@@ -163,7 +174,7 @@ def test_a_member_whose_loss_turns_nan_is_stopped_and_marked_failed_alone(sample
         return run
 
     monkeypatch.setattr(fleet, "open_run", open_run_breaking_bad)
-    broken = train_fleet(FleetConfig(TrainConfig(data=sample_dir, out=tmp_path / "broken", **COMMON),
+    broken = train_fleet(FleetConfig(TrainConfig(data=small_sample_dir, out=tmp_path / "broken", **COMMON),
                                      parse_members(specs)))
     assert broken["bad"]["status"] == "failed" and broken["bad"]["step"] == 5
     assert "non-finite at step 5" in broken["bad"]["error"]
@@ -175,14 +186,14 @@ def test_a_member_whose_loss_turns_nan_is_stopped_and_marked_failed_alone(sample
         assert broken[name]["status"] == "done" and broken[name]["test_acc_h"] == healthy[name]["test_acc_h"]
     # Resumed, the failed member stays failed and the finished fleet has nothing left to do.
     monkeypatch.setattr(fleet, "open_run", opened)
-    assert train_fleet(FleetConfig(TrainConfig(data=sample_dir, out=tmp_path / "broken", resume=True, **COMMON),
+    assert train_fleet(FleetConfig(TrainConfig(data=small_sample_dir, out=tmp_path / "broken", resume=True, **COMMON),
                                    parse_members(specs))) == broken
 
 
-def test_killed_fleet_resumes_to_the_same_metrics(sample_dir, inputs, kill_and_resume):
+def test_killed_fleet_resumes_to_the_same_metrics(small_sample_dir, small_inputs, kill_and_resume):
     """SIGKILL a fleet past its first checkpoint, resume it, and compare with an uninterrupted fleet."""
-    _, cache = inputs
-    args = ["train", "--data", sample_dir, "--member", "A", "--member", f"C={cache}", "--aug", "stdaug+mixup",
+    _, cache = small_inputs
+    args = ["train", "--data", small_sample_dir, "--member", "A", "--member", f"C={cache}", "--aug", "stdaug+mixup",
             "--steps", "8", "--eval-every", "2", "--checkpoint-every", "4", "--seed", "3", *QUICK]
     # Killed after the evaluation that follows the first checkpoint: that one is dropped and redone.
     killed, straight = kill_and_resume(args, watch="C-t30", rows=3)
