@@ -17,10 +17,8 @@ QUICK = ["--ipc", "20", "--batch-size", "32", "--width", "0.125", "--device", "c
 COMMON = dict(aug="stdaug+mixup", steps=6, eval_every=3, ipc=20, batch_size=32, width=0.125, device="cpu",
               progress=False)
 TIMING = ("img_per_s", "wall_s")
-# Free-running float32 fleets and solo runs sum some weight gradients in another order (grouped
-# convolutions, batched heads), and the difference grows with every step: bitwise over the first
-# evaluation here, ≤ 1e-4 relative by step 6 (measured), 1-2.5 % by step 50 (docs/design.md).
-LOSS_RTOL = 1e-3
+# On CPU a fleet runs each member through the solo network's own kernels (fused._members_forward),
+# so its members train bit for bit as their solo runs: every metric but the timing is equal.
 
 
 def make_teacher(path: Path, meta, seed: int = 1) -> Path:
@@ -91,10 +89,7 @@ def test_members_write_their_solo_run_directories_and_train_like_solo_runs(sampl
         fleet_rows, solo_rows = metrics(fleet_run, drop=()), metrics(solo_run, drop=())
         assert [set(r) for r in fleet_rows] == [set(r) for r in solo_rows]
         assert [r["step"] for r in fleet_rows] == [3, 6]
-        for fleet_row, solo_row in zip(fleet_rows, solo_rows):
-            assert [fleet_row[k] for k in TERMS] == pytest.approx([solo_row[k] for k in TERMS], rel=LOSS_RTOL)
-            assert fleet_row["test_acc_h"] == pytest.approx(solo_row["test_acc_h"], abs=0.01)
-        assert fleet_rows[0] | dict.fromkeys(TIMING) == solo_rows[0] | dict.fromkeys(TIMING)  # bitwise at first
+        assert [r | dict.fromkeys(TIMING) for r in fleet_rows] == [r | dict.fromkeys(TIMING) for r in solo_rows]
 
         final = finals[member.name]
         assert set(final) == set(solo_final) and final["status"] == "done" and final["step"] == 6
@@ -231,3 +226,29 @@ def test_throughput_stops_counting_time_at_pause(monkeypatch):
     throughput.images = 1000
     throughput.pause()
     assert throughput.rate() == pytest.approx(100.0)
+
+
+def test_members_train_as_their_solo_runs_for_hundreds_of_steps(sample_dir, inputs, tmp_path, one_thread):
+    """Issue 12's equivalence over a few hundred float32 steps: loss terms at every evaluation within
+    1e-4 relative and final accuracies within 0.5 points of the solo runs (on CPU both hold exactly).
+
+    A fused fleet whose kernels sum in another order than the solo ones drifts from its solo runs
+    by points of accuracy within a few hundred steps (measured on the sample: member A 3.4 points
+    apart after 300 steps of batch 32), which is why the CPU fleet runs the solo kernels; this test
+    catches a return of that drift.
+    """
+    _, cache = inputs
+    run = dict(aug="stdaug", steps=200, eval_every=100, ipc=20, batch_size=16, width=0.125, device="cpu",
+               progress=False, seed=1)
+    members = parse_members(["A", f"C={cache}"])
+    finals = train_fleet(FleetConfig(TrainConfig(data=sample_dir, out=tmp_path / "fleet", **run), members))
+    for member in members:
+        solo = train(TrainConfig(data=sample_dir, out=tmp_path / member.name, strategy=member.strategy,
+                                 cache=member.cache, **run))
+        fleet_rows, solo_rows = metrics(tmp_path / "fleet" / member.name), metrics(tmp_path / member.name)
+        assert [r["step"] for r in fleet_rows] == [r["step"] for r in solo_rows] == [100, 200]
+        for fleet_row, solo_row in zip(fleet_rows, solo_rows):
+            assert [fleet_row[k] for k in TERMS] == pytest.approx([solo_row[k] for k in TERMS], rel=1e-4)
+        assert abs(finals[member.name]["test_acc_h"] - solo["test_acc_h"]) <= 0.005
+        assert fleet_rows == solo_rows  # and, on CPU, bit for bit
+    assert fleet_rows[0]["loss"] != fleet_rows[-1]["loss"]  # the members did train

@@ -5,12 +5,15 @@ runs (the same initialization, the same batches): forward outputs and BatchNorm 
 gradients, AdamW steps, 50 training steps, state dicts and resume, a failing member, and
 fused teachers. Tiny shapes (width 0.125, batch 16, 16 px) keep it fast.
 
-Tolerances: the fused kernels (grouped convolutions, batched matmuls) sum in another order
-than the solo ones, so float32 results agree to rounding (~1e-7 relative per step), not
-bit for bit. Over a free-running 50-step trajectory that rounding is amplified the way any
-perturbation is (one ulp changed in one layer of a solo run moves its loss terms by percents
-within 10 steps), so float32 runs are compared step by step from the same state, and the
-free-running trajectory is compared in float64, where rounding stays far below 1e-8.
+Both ways a fused network runs (``fused.KERNELS``) are checked on CPU: ``grouped`` (what CUDA
+runs) and ``solo`` (what CPU runs, the default there). Tolerances: the grouped kernels (grouped
+convolutions, batched matmuls) sum in another order than the solo ones, so float32 results agree
+to rounding (~1e-7 relative per step), not bit for bit. Over a free-running 50-step trajectory
+that rounding is amplified the way any perturbation is (one ulp changed in one layer of a solo
+run moves its loss terms by percents within 10 steps), so grouped float32 runs are compared step
+by step from the same state, and the free-running trajectory is compared in float64, where
+rounding stays far below 1e-8. The solo kernels are the solo runs' bit for bit, free-running
+float32 included.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 N, BATCH, SIZE, K, T = 3, 16, 16, 10, 2.0
 FORMATS = [torch.contiguous_format, torch.channels_last]
+KERNELS = pytest.mark.parametrize("kernels", ["grouped", "solo"])
 
 
 def solo_students(n: int = N, loss: str = "separation", size: int = SIZE, **config) -> list:
@@ -64,8 +68,8 @@ def adamw(net, **kwargs) -> torch.optim.AdamW:
     return torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01, **kwargs)
 
 
-def fleet_of(students, fmt=torch.contiguous_format) -> tuple[FusedStudent, FleetStep]:
-    net = FusedStudent(students).to(memory_format=fmt)
+def fleet_of(students, fmt=torch.contiguous_format, kernels="grouped") -> tuple[FusedStudent, FleetStep]:
+    net = FusedStudent(students, kernels).to(memory_format=fmt)
     return net, FleetStep(net, adamw(net), T)
 
 
@@ -73,10 +77,11 @@ def assert_member_is(net: FusedStudent, i: int, solo, **tol) -> None:
     torch.testing.assert_close(net.member_state_dict(i), solo.state_dict(), **tol)
 
 
+@KERNELS
 @pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
-def test_forward_and_batchnorm_statistics_match_solo_students(fmt):
+def test_forward_and_batchnorm_statistics_match_solo_students(fmt, kernels):
     students = [s.to(memory_format=fmt) for s in solo_students()]
-    net = FusedStudent(students).to(memory_format=fmt)
+    net = FusedStudent(students, kernels).to(memory_format=fmt)
     for step in range(3):  # train mode: batch statistics, and the running ones move
         images = batch(step)[0].contiguous(memory_format=fmt)
         fused = net(images)
@@ -95,10 +100,11 @@ def test_forward_and_batchnorm_statistics_match_solo_students(fmt):
         torch.testing.assert_close((separate[0][i], separate[1][i]), solo(per_member[i]), rtol=1e-5, atol=1e-6)
 
 
+@KERNELS
 @pytest.mark.parametrize("loss", ["separation", "coupled"])
-def test_each_member_gets_its_solo_gradient(loss):
+def test_each_member_gets_its_solo_gradient(loss, kernels):
     students = solo_students(loss=loss)
-    net = FusedStudent(students)
+    net = FusedStudent(students, kernels)
     images, soft, hard = batch(0)
     logits_g, logits_h = net(images)
     sum(loss_terms(logits_g[i], logits_h[i], soft[i], hard, T)["loss"] for i in range(N)).backward()
@@ -138,12 +144,13 @@ def test_one_adamw_over_the_fleet_is_n_adamws(impl, tol):
         torch.testing.assert_close(member_state, solo_optimizers[i].state_dict()["state"], rtol=tol, atol=tol * 1e-6)
 
 
-def test_fifty_steps_match_solo_runs_step_by_step():
+@KERNELS
+def test_fifty_steps_match_solo_runs_step_by_step(kernels):
     """float32, the real kernels: at each of 50 steps, every member's loss terms and updated state
     equal a solo run's started from the member's state (its checkpoint), within 1e-5."""
     n = 2
     students = solo_students(n)
-    net, fleet_step = fleet_of(students)
+    net, fleet_step = fleet_of(students, kernels=kernels)
     solo_optimizers = [adamw(s) for s in students]
     worst = 0.0
     for step in range(50):
@@ -177,6 +184,36 @@ def test_fifty_free_running_steps_match_solo_runs_in_float64():
             torch.testing.assert_close({k: v[i] for k, v in fused.items()}, terms, rtol=1e-9, atol=0)
     for i, solo in enumerate(students):
         assert_member_is(net, i, solo, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
+def test_solo_kernels_train_free_running_float32_members_bit_for_bit_as_solo_runs(fmt):
+    """What a CPU fleet runs (``kernels="auto"`` there): 50 float32 steps, no resynchronization,
+    every loss term, state tensor and optimizer state equal to the solo runs' bits."""
+    n = 2
+    students = [s.to(memory_format=fmt) for s in solo_students(n)]
+    net, fleet_step = fleet_of(students, fmt, kernels="auto")
+    assert net._solo_kernels(torch.zeros(1))
+    solo_optimizers = [adamw(s) for s in students]
+    for step in range(50):
+        images, soft, hard = batch(step, n)
+        images = images.contiguous(memory_format=fmt)
+        fused = fleet_step(images, soft, hard)
+        for i, (solo, optimizer) in enumerate(zip(students, solo_optimizers)):
+            terms = solo_step(solo, optimizer, images, soft[i], hard)
+            torch.testing.assert_close({k: v[i] for k, v in fused.items()}, terms, rtol=0, atol=0)
+    for i, (solo, optimizer) in enumerate(zip(students, solo_optimizers)):
+        assert_member_is(net, i, solo, rtol=0, atol=0)
+        torch.testing.assert_close(net.member_optimizer_state(fleet_step.optimizer.state_dict(), i)["state"],
+                                   optimizer.state_dict()["state"], rtol=0, atol=0)
+    net.eval()
+    for solo in students:
+        solo.eval()
+    images = batch(99, n)[0].contiguous(memory_format=fmt)
+    g, h = net(images)  # eval mode reaches the solo code: running statistics, none updated
+    for i, solo in enumerate(students):
+        torch.testing.assert_close((g[i], h[i]), solo(images), rtol=0, atol=0)
+    assert_member_is(net, 0, students[0], rtol=0, atol=0)
 
 
 def test_member_checkpoints_round_trip_and_resume_the_fleet():
@@ -242,12 +279,13 @@ def test_a_compiled_forward_steps_the_fleet_as_the_plain_one():
         torch.testing.assert_close(net.member_state_dict(i), reference.member_state_dict(i), rtol=0, atol=0)
 
 
+@KERNELS
 @pytest.mark.parametrize("fmt", FORMATS, ids=["contiguous", "channels_last"])
-def test_nan_weights_of_one_member_do_not_reach_the_others(fmt):
+def test_nan_weights_of_one_member_do_not_reach_the_others(fmt, kernels):
     """A diverged member (NaN weights, so NaN activations in the fused kernels) stops changing,
     and its neighbours' outputs and updates are bit for bit those of a healthy fleet."""
-    net, fleet_step = fleet_of(solo_students(), fmt)
-    reference, reference_step = fleet_of(solo_students(), fmt)
+    net, fleet_step = fleet_of(solo_students(), fmt, kernels)
+    reference, reference_step = fleet_of(solo_students(), fmt, kernels)
     with torch.no_grad():
         by_member(net.get_parameter("backbone.layer2.0.conv1.weight"), N)[1].fill_(float("nan"))
     diverged = net.member_state_dict(1)

@@ -61,6 +61,13 @@ from fasttarget.losses import build_student, loss_terms
 from fasttarget.models import Classifier, ModelConfig, Student
 
 
+#: How a fused network runs its members: ``grouped`` (one grouped convolution, one BatchNorm and one
+#: batched matmul per layer for all members: few, wide kernels, what pays on CUDA), ``solo`` (the
+#: solo network's kernels member by member, over views of the same fused tensors: bit for bit
+#: the solo runs, and faster than grouped kernels on CPU), ``auto`` (solo on CPU, else grouped).
+KERNELS = ("auto", "grouped", "solo")
+
+
 def by_member(t: torch.Tensor, members: int) -> torch.Tensor:
     """View a fused tensor as ``[N, …]``: member ``i``'s part is ``by_member(t, N)[i]``."""
     return t.unflatten(0, (members, -1))
@@ -172,12 +179,18 @@ class _Fused(nn.Module):
     :meth:`_record_solo_layout`.
     """
 
-    def __init__(self, members: Sequence[nn.Module]):
+    def __init__(self, members: Sequence[nn.Module], kernels: str = "auto"):
         super().__init__()
         if len({(m.config, getattr(m, "coupled", None)) for m in members}) != 1:
             raise UserError("fused members must share one architecture, width and loss: build them from one "
                             "ModelConfig")
-        self.members, self.config = len(members), members[0].config
+        if kernels not in KERNELS:
+            raise UserError(f"unknown fused kernels {kernels!r}: choose one of {', '.join(KERNELS)}")
+        self.members, self.config, self.kernels = len(members), members[0].config, kernels
+
+    def _solo_kernels(self, x: torch.Tensor) -> bool:
+        """Whether this forward runs member by member (see :meth:`_members_forward`)."""
+        return self.kernels == "solo" or (self.kernels == "auto" and x.device.type == "cpu")
 
     def _record_solo_layout(self, solo: nn.Module) -> None:
         # A member's state and optimizer state are keyed like its solo network's: names, shapes, order.
@@ -185,6 +198,31 @@ class _Fused(nn.Module):
         self._solo_params = [name for name, _ in solo.named_parameters()]
         if self._solo_params != [name for name, _ in self.named_parameters()]:
             raise AssertionError("fused parameters are not in the solo order")  # a bug here, not a user error
+        # The solo network's code without tensors of its own (a plain attribute, so neither a
+        # submodule nor state): the CPU forward runs it over each member's views.
+        self.__dict__["_solo"] = copy.deepcopy(solo).to("meta")
+
+    def _members_forward(self, x: torch.Tensor) -> list[Any]:
+        """The solo network's forward once per member, over views of the fused tensors.
+
+        What a fleet runs on CPU. There, oneDNN's grouped 1×1 convolutions and batched matmuls sum
+        weight gradients in another order than the ungrouped kernels a solo run calls, so a fused
+        fleet drifts from its solo runs by an ulp a step, and float32 training amplifies that into
+        points of accuracy within a few hundred steps. Run member by member, every kernel is the
+        solo run's, so a CPU fleet is bit for bit its solo runs (BatchNorm's running statistics are
+        updated in place through the views). It is also faster per member on CPU than the grouped
+        kernels (docs/design.md, "Fused students"); the fleet still shares one loader pass, one
+        augmentation and one target gather.
+        """
+        modes = {name: m.training for name, m in self.named_modules()}
+        for name, m in self._solo.named_modules():  # train/eval is the fleet's, layer by layer
+            m.training = modes[name]
+        views = {k: [v.view(self._solo_shapes[k]) for v in by_member(t, self.members).unbind(0)]
+                 for k, t in [*self.named_parameters(), *self.named_buffers()]}
+        inputs = x.unbind(0) if x.dim() == 5 else [x] * self.members
+        return [torch.func.functional_call(self._solo, {k: v[i] for k, v in views.items()}, (inputs[i],),
+                                           strict=True)
+                for i in range(self.members)]
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B,3,H,W]`` (shared) or ``[N,B,3,H,W]`` (one input per member) → features ``[N,B,D]``."""
@@ -274,6 +312,8 @@ class FusedStudent(_Fused):
 
     Args:
         students: the members, in order; one ``ModelConfig`` and loss for all.
+        kernels: one of :data:`KERNELS` (default ``auto``: the solo kernels on CPU, grouped ones
+            elsewhere).
 
     Shape:
         ``x [B,3,H,W]`` (one view for all members) or ``[N,B,3,H,W]`` →
@@ -288,8 +328,8 @@ class FusedStudent(_Fused):
         ((2, 4, 10), torch.Size([10, 64]))
     """
 
-    def __init__(self, students: Sequence[Student]):
-        super().__init__(students)
+    def __init__(self, students: Sequence[Student], kernels: str = "auto"):
+        super().__init__(students, kernels)
         self.coupled = students[0].coupled
         self.backbone = fuse_modules([s.backbone for s in students])
         # Registered in Student's order (backbone, h, g): parameter indices then match a solo optimizer's.
@@ -298,6 +338,9 @@ class FusedStudent(_Fused):
         self._record_solo_layout(students[0])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._solo_kernels(x):
+            g, h = zip(*self._members_forward(x))
+            return torch.stack(g), torch.stack(h)
         features = self._features(x)
         if self.g is None:
             logits = self.h(features)
@@ -322,13 +365,15 @@ class FusedClassifier(_Fused):
         torch.Size([3, 2, 10])
     """
 
-    def __init__(self, nets: Sequence[Classifier]):
-        super().__init__(nets)
+    def __init__(self, nets: Sequence[Classifier], kernels: str = "auto"):
+        super().__init__(nets, kernels)
         self.backbone = fuse_modules([n.backbone for n in nets])
         self.head = FusedLinear([n.head for n in nets])
         self._record_solo_layout(nets[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._solo_kernels(x):
+            return torch.stack(self._members_forward(x))
         return self.head(self._features(x))
 
 
