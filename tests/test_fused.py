@@ -339,3 +339,20 @@ def test_checkpoints_that_do_not_fit_are_refused():
     later = net.member_optimizer_state(fleet_step.optimizer.state_dict(), 2)
     with pytest.raises(UserError, match="disagree on 'step'"):
         net.fuse_optimizer_states(states[:2] + [later])
+
+
+def test_a_fleet_takes_its_members_memory_format_where_channels_last_would_crash():
+    """Narrow members at 64 px run contiguous on CPU as their solo runs do (torch 2.14 segfaults in
+    channels_last there); the fused network has no ``nn.Conv2d`` of its own to decide it."""
+    from fasttarget.models import place
+
+    students = solo_students(2, size=64)
+    with pytest.warns(RuntimeWarning, match="contiguous memory"):
+        net = place(FusedStudent(students), "cpu", 64, like=students[0])
+    weight = net.get_parameter("backbone.layer1.0.conv1.weight")
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    g, _ = net(torch.zeros(2, 3, 64, 64).contiguous(memory_format=torch.channels_last))
+    assert g.shape == (2, 2, K)
+    wide = solo_students(2)  # 16 px: channels_last, as a solo run
+    assert place(FusedStudent(wide), "cpu", SIZE, like=wide[0]).get_parameter(
+        "backbone.layer1.0.conv1.weight").is_contiguous(memory_format=torch.channels_last)

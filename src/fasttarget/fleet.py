@@ -43,12 +43,12 @@ import torch
 from fasttarget.config import FleetConfig, Member, parse_members  # noqa: F401 (re-exported)
 from fasttarget.errors import UserError
 from fasttarget.losses import hard_targets
-from fasttarget.models import read_checkpoint
+from fasttarget.models import place, read_checkpoint
 from fasttarget.progress import Progress
 from fasttarget.train import (
     BAR_EVERY, CHECKPOINT, CHECKPOINT_FIX, RUN_FORMAT, TERMS, Throughput, autocast,
     build_optimizer, build_run_student, checkpoint_entries, claimed, distributed_info, eval_loader_config,
-    iterate_steps, open_run, prepare_model, resolve_device, save_final_model, set_rng_state, start_run, temporary_path,
+    iterate_steps, open_run, resolve_device, save_final_model, set_rng_state, start_run, temporary_path,
     train_loader_config, training_subset, write_json,
 )
 
@@ -167,9 +167,9 @@ def _train_fleet(cfg: FleetConfig) -> dict[str, dict[str, Any]]:
     write_json(base.out / FLEET_FILE, {"format": FLEET_FORMAT, "members": [m.name for m in cfg.members]})
 
     students = [build_run_student(run.cfg, meta) for run in runs]
-    # prepare_model's CPU width check looks for nn.Conv2d, which the fused network no longer holds.
-    prepare_model(students[0], device, compile=False)
-    net = FusedStudent(students).to(device=device, memory_format=torch.channels_last)
+    # A solo run's memory format (and CPU width check): on CPU the members run the solo kernels,
+    # which must be the solo run's to train as it does, and stay contiguous where channels_last crashes.
+    net = place(FusedStudent(students), device, students[0].config.image_size, like=students[0])
     del students
     forward = torch.compile(net) if compiled else net
     optimizer = build_optimizer(net, base.lr, base.weight_decay)

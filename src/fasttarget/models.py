@@ -174,14 +174,18 @@ def memory_format(net: nn.Module, device: torch.device | str, image_size: int) -
     return torch.channels_last
 
 
-def place(net: nn.Module, device: torch.device | str, image_size: int) -> nn.Module:
+def place(net: nn.Module, device: torch.device | str, image_size: int, like: nn.Module | None = None) -> nn.Module:
     """Move ``net`` to ``device`` in its :func:`memory_format`; returns ``net``.
 
     Where that is contiguous, a forward pre-hook also makes the input contiguous: the loader
     hands over channels_last batches, and one channels_last operand is enough for torch to pick
     the channels_last kernels again.
+
+    Args:
+        like: the network whose convolutions choose the format, when ``net`` holds none of
+            its own (a fused fleet: its members' format is a solo run's).
     """
-    layout = memory_format(net, device, image_size)
+    layout = memory_format(net if like is None else like, device, image_size)
     net = net.to(device=device, memory_format=layout)
     if layout == torch.contiguous_format:
         net.register_forward_pre_hook(_contiguous_input)
