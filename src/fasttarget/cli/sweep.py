@@ -38,7 +38,7 @@ def sweep(
     max_fleet: Optional[int] = typer.Option(
         None, "--max-fleet", help="Most runs trained together as one fleet (runs sharing data, subset, seed, "
         "student aug, steps and batch; one loader pass, fused students). 1 trains each run alone. Default: "
-        "from free GPU memory on CUDA (at most 32); 1 on CPU, where fused students measured slower than solo runs."),
+        "from free GPU memory on CUDA (at most 32); 1 on CPU, where a fleet trains bit for bit as its runs alone but no faster."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (what is done, what would run) and exit."),
 ) -> None:
     """Train every run of a grid (teachers and caches once, shared); resumable and idempotent."""
