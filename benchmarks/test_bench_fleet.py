@@ -6,8 +6,8 @@ width 0.125, N = 4, 8, goal ≥ 2× at N = 8. CUDA (``gpu``): full width, compil
 channels_last, N = 8, 16, 32, goal ≥ 4× at N = 16, and the projected time of the paper's
 CIFAR-10 Table 2 grid (one seed) printed from the best fleet.
 
-The default run measures each comparison once (correctness of the rows); ``-m slow``
-asserts the CPU goal over 21 pairs; ``-m gpu`` the CUDA one.
+The default run checks the comparisons here and measures each once in ``tests/test_bench_cli.py``
+(``bench all``); ``-m slow`` asserts the CPU goal over 21 pairs; ``-m gpu`` the CUDA one.
 """
 
 from __future__ import annotations
@@ -22,16 +22,19 @@ from fasttarget.bench import (
 )
 
 
-def test_fleet_suite_measures_each_fleet_against_its_solo_runs(bench_ctx, bench_rows):
+def test_fleet_suite_compares_each_fleet_with_its_solo_runs(bench_ctx):
+    """The CPU comparisons: a fleet of N against N solo runs in turn, counting every member's images.
+
+    Not timed here: the default run measures every fleet row once in ``tests/test_bench_cli.py``
+    (``bench all``: each row's repeats, min ≤ value ≤ max, and a row for every CPU goal), and
+    ``-m slow`` times them in :func:`test_fleet_meets_its_cpu_goal`.
+    """
     comparisons = list(fleet_comparisons(bench_ctx))
-    rows = [bench_ctx.measure(c) for c in comparisons]
-    bench_rows.extend(rows)
-    assert [(r.name, r.baseline) for r in rows] == [(fleet_name(n, "C", cuda=False), solo_runs(n))
-                                                     for n in CPU_FLEETS]
-    for comparison, row, n in zip(comparisons, rows, CPU_FLEETS):
+    assert [(c.name, c.baseline) for c in comparisons] == [(fleet_name(n, "C", cuda=False), solo_runs(n))
+                                                           for n in CPU_FLEETS]
+    for comparison, n in zip(comparisons, CPU_FLEETS):
         assert comparison.work == n * bench_ctx.cfg.batches * STEP_BATCH  # every member's images count
-        assert row.repeats == bench_ctx.cfg.repeats and 0 < row.min <= row.value <= row.max
-    keys = {(r.name, r.baseline) for r in rows}
+    keys = {(c.name, c.baseline) for c in comparisons}
     assert {key for key, goal in GOALS.items() if key[0].startswith("fleet ") and not goal.cuda_only} <= keys
 
 

@@ -17,8 +17,10 @@ built once per session through :class:`fasttarget.bench.BenchContext`, the same 
 - build (slow-marked, it scores the 50,000 images four more times): :func:`build_cache` vs the
   bare teacher forward over the same images in memory.
 
-The default run checks that the cold gather really reads from the disk and runs each
-comparison once; ``-m slow`` takes medians of 9 pairs and asserts every gather goal. Run
+The default run checks that the cold gather really reads from the disk and measures the top-k
+gather once (``tests/test_bench_cli.py``'s ``bench all`` measures the others once, on a small
+cache); ``-m slow`` builds the 50,000-image cache, takes medians of 9 pairs and asserts every
+gather goal. Run
 ``pytest benchmarks/test_bench_targets.py -s`` to see the numbers (``-m slow`` for all).
 """
 
@@ -60,7 +62,15 @@ def _gather_comparisons(ctx):
     return [c for c in targets_comparisons(ctx) if c.name.startswith("cache gather")]
 
 
+@pytest.mark.slow
 def test_cache_builds_and_every_gather_is_measured(ctx, build_seconds):
+    """The 50,000-image cache and one pair of each gather comparison on it, printed.
+
+    Slow-marked for the build (it scores the whole train split): the default run measures every
+    gather comparison once in ``tests/test_bench_cli.py`` (``bench all``, rows for the warm and
+    cold gathers and every CPU goal), the top-k one in :func:`test_top_k_gather_reads_both_tables_and_is_measured`,
+    and builds and verifies caches in ``tests/test_cache.py``.
+    """
     cache = TargetCache.open(ctx.cache, expected_fingerprint=ctx.meta.fingerprint)
     assert cache.num_samples == 50_000 and cache.verify()
     rows = [ctx.measure(c) for c in _gather_comparisons(ctx)]

@@ -47,8 +47,8 @@ def test_a_terminal_gets_a_bar():
     assert show_bar(True, Terminal()) and not show_bar(False, Terminal()) and not show_bar(True, io.StringIO())
 
 
-def test_train_writes_plain_lines_when_stderr_is_not_a_terminal(sample_dir, tmp_path, run_cli, one_thread):
-    code, _, err = run_cli("train", "--data", sample_dir, "--strategy", "A", "--steps", "4", "--eval-every", "2",
+def test_train_writes_plain_lines_when_stderr_is_not_a_terminal(small_sample_dir, tmp_path, run_cli, one_thread):
+    code, _, err = run_cli("train", "--data", small_sample_dir, "--strategy", "A", "--steps", "4", "--eval-every", "2",
                            "--width", "0.125", "--batch-size", "32", "--device", "cpu", "--out", tmp_path / "run")
     assert code == 0, err
     lines = err.splitlines()

@@ -58,11 +58,11 @@ def test_a_lock_refuses_at_once_naming_the_holder_and_a_killed_holder_leaves_it_
     assert not path.exists()
 
 
-def test_a_second_train_on_the_same_out_refuses_at_once(sample_dir, tmp_path):
+def test_a_second_train_on_the_same_out_refuses_at_once(small_sample_dir, tmp_path):
     """Two real ``fasttarget train --resume`` processes on one --out (a job started again while it still
     runs): the second exits 2 while the first trains, instead of training alongside it."""
     out = tmp_path / "run"
-    args = [FASTTARGET, "train", "--data", sample_dir, "--strategy", "A", "--out", out, "--steps", "100000",
+    args = [FASTTARGET, "train", "--data", small_sample_dir, "--strategy", "A", "--out", out, "--steps", "100000",
             "--eval-every", "50000", "--resume", *QUICK]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(list(map(str, args)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -79,32 +79,32 @@ def test_a_second_train_on_the_same_out_refuses_at_once(sample_dir, tmp_path):
                              "wait for it or choose another --out\n")
 
 
-def test_stale_temporary_files_are_removed_when_a_run_starts(sample_dir, tmp_path, one_thread):
+def test_stale_temporary_files_are_removed_when_a_run_starts(small_sample_dir, tmp_path, one_thread):
     out = tmp_path / "run"
-    train(TrainConfig(data=sample_dir, out=out, **RUN))
+    train(TrainConfig(data=small_sample_dir, out=out, **RUN))
     (out / "final.json").unlink()  # as if killed after its last checkpoint
     leftovers = [out / CHECKPOINT.parent / ".last.pt.4242.tmp", out / ".metrics.jsonl.77.tmp",
                  out / ".config.json.5.tmp"]
     for path in leftovers:
         path.write_bytes(b"")
-    train(TrainConfig(data=sample_dir, out=out, resume=True, **RUN))
+    train(TrainConfig(data=small_sample_dir, out=out, resume=True, **RUN))
     assert not any(path.exists() for path in leftovers)
     assert (out / "final.json").is_file() and not (out / LOCK_FILE).exists()
 
 
-def test_a_moved_run_with_moved_inputs_resumes_and_other_inputs_are_refused(sample_dir, tmp_path, monkeypatch,
+def test_a_moved_run_with_moved_inputs_resumes_and_other_inputs_are_refused(small_sample_dir, tmp_path, monkeypatch,
                                                                              one_thread):
     """The run, its dataset and its teacher (with the cache next to it) all move; paths go relative."""
     from fasttarget.dataset import DatasetMeta
 
-    meta = DatasetMeta.load(sample_dir)
+    meta = DatasetMeta.load(small_sample_dir)
     teacher = make_teacher(tmp_path / "teachers" / "t.pt", meta)
-    first = train(TrainConfig(data=sample_dir, out=tmp_path / "run", **{**RUN, "strategy": "C"}, teacher=teacher))
+    first = train(TrainConfig(data=small_sample_dir, out=tmp_path / "run", **{**RUN, "strategy": "C"}, teacher=teacher))
     moved = tmp_path / "elsewhere"
     moved.mkdir()
     shutil.move(tmp_path / "run", moved / "run")
     shutil.move(tmp_path / "teachers", moved / "teachers")
-    shutil.copytree(sample_dir, moved / "data")
+    shutil.copytree(small_sample_dir, moved / "data")
     (moved / "run" / "final.json").unlink()  # resume from the checkpoint, not the finished result
     monkeypatch.chdir(moved)
     again = train(TrainConfig(data=Path("data"), out=Path("run"), **{**RUN, "strategy": "C"},
@@ -120,10 +120,10 @@ def test_a_moved_run_with_moved_inputs_resumes_and_other_inputs_are_refused(samp
     assert not default_cache_path(other_teacher, meta.fingerprint).exists()  # refused before building one
 
 
-def test_damaged_checkpoints_and_bad_outs_are_one_line_and_force_starts_over(sample_dir, tmp_path, monkeypatch,
+def test_damaged_checkpoints_and_bad_outs_are_one_line_and_force_starts_over(small_sample_dir, tmp_path, monkeypatch,
                                                                             capsys, one_thread):
     out = tmp_path / "run"
-    args = ["train", "--data", sample_dir, "--strategy", "A", "--out", out, "--steps", "4", "--eval-every", "2",
+    args = ["train", "--data", small_sample_dir, "--strategy", "A", "--out", out, "--steps", "4", "--eval-every", "2",
             *QUICK]
     assert run_cli(monkeypatch, capsys, *args)[0] == 0
     ckpt = out / CHECKPOINT

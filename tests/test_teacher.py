@@ -139,14 +139,14 @@ def test_real_ladder_saves_the_first_checkpoint_reaching_each_target(sample_dir,
         train_ladder(cfg)
 
 
-def test_an_overshooting_evaluation_is_refined_from_the_weight_snapshots(sample_dir, tmp_path, one_thread):
+def test_an_overshooting_evaluation_is_refined_from_the_weight_snapshots(small_sample_dir, tmp_path, one_thread):
     from fasttarget.loader import build_loader
 
     out = tmp_path / "ladder"
     target = 0.12
     # A tolerance of 0.1 point: the evaluation that crosses 12 % overshoots it, so the saved
     # teacher comes from the snapshots of the steps before that evaluation.
-    cfg = LadderConfig(data=sample_dir, out=out, accuracies=(target,), aug="flip", width=0.125, max_steps=30,
+    cfg = LadderConfig(data=small_sample_dir, out=out, accuracies=(target,), aug="flip", width=0.125, max_steps=30,
                        eval_every=20, tolerance=0.001, batch_size=64, device="cpu", progress=False)
     result = train_ladder(cfg)
     manifest = json.loads((out / "ladder.json").read_text())
@@ -160,18 +160,19 @@ def test_an_overshooting_evaluation_is_refined_from_the_weight_snapshots(sample_
     assert (rung.step, rung.accuracy) in refinements and rung.step < crossing_step and rung.accuracy >= target
     net, info = load_classifier(rung.path)
     assert (info.step, info.test_accuracy) == (rung.step, rung.accuracy)
-    (measured,) = evaluate(net, build_loader(eval_loader_config(sample_dir, torch.device("cpu"))), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    (measured,) = evaluate(net, build_loader(eval_loader_config(small_sample_dir, cpu)), cpu)
     assert measured == pytest.approx(rung.accuracy, abs=1e-9)
     # Bisection: every snapshot evaluated before the saved one stayed below the target.
     assert all(a < target for s, a in refinements if s < rung.step)
 
 
-def test_teacher_cli_takes_space_separated_accuracies(sample_dir, tmp_path, capsys, monkeypatch, one_thread):
+def test_teacher_cli_takes_space_separated_accuracies(small_sample_dir, tmp_path, capsys, monkeypatch, one_thread):
     from fasttarget.cli import main
 
     out = tmp_path / "t"
     monkeypatch.setattr("sys.argv", [
-        "fasttarget", "teacher", "--data", str(sample_dir), "--out", str(out), "--accuracies", "0.98", "0.99",
+        "fasttarget", "teacher", "--data", str(small_sample_dir), "--out", str(out), "--accuracies", "0.98", "0.99",
         "--width", "0.125", "--max-steps", "2", "--eval-every", "2", "--batch-size", "32", "--aug", "noaug",
         "--device", "cpu", "--no-progress",
     ])

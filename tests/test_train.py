@@ -92,12 +92,12 @@ def test_cache_of_another_dataset_is_refused_with_exit_2(sample_dir, tmp_path, m
     assert code == 2 and "dataset fingerprint" in err and "another dataset" in err
 
 
-def test_a_corrupted_cache_is_refused_before_training(sample_dir, tmp_path, monkeypatch, capsys):
+def test_a_corrupted_cache_is_refused_before_training(small_sample_dir, tmp_path, monkeypatch, capsys):
     from fasttarget.cache import CacheBuildConfig, TargetCache, build_cache
     from fasttarget.dataset import DatasetMeta
 
-    teacher = make_teacher(tmp_path / "teacher.pt", DatasetMeta.load(sample_dir))
-    cache = build_cache(CacheBuildConfig(data=sample_dir, teacher=teacher, out=tmp_path / "t.h5", device="cpu",
+    teacher = make_teacher(tmp_path / "teacher.pt", DatasetMeta.load(small_sample_dir))
+    cache = build_cache(CacheBuildConfig(data=small_sample_dir, teacher=teacher, out=tmp_path / "t.h5", device="cpu",
                                          progress=False)).path
     offset = TargetCache.open(cache).logits.offset
     with open(cache, "r+b") as fh:  # flip a bit of one stored logit
@@ -105,18 +105,18 @@ def test_a_corrupted_cache_is_refused_before_training(sample_dir, tmp_path, monk
         byte = fh.read(1)[0]
         fh.seek(offset + 100)
         fh.write(bytes([byte ^ 0x08]))
-    code, err = run_cli(monkeypatch, capsys, "train", "--data", sample_dir, "--out", tmp_path / "run",
+    code, err = run_cli(monkeypatch, capsys, "train", "--data", small_sample_dir, "--out", tmp_path / "run",
                         "--strategy", "C", "--cache", cache, "--steps", "2", *QUICK)
     assert code == 2 and err.count("\n") == 1 and "logits checksum does not match" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_strategies_write_the_run_directory_and_c_builds_its_cache_once(sample_dir, tmp_path, one_thread):
+def test_strategies_write_the_run_directory_and_c_builds_its_cache_once(small_sample_dir, tmp_path, one_thread):
     from fasttarget.dataset import DatasetMeta
 
-    meta = DatasetMeta.load(sample_dir)
+    meta = DatasetMeta.load(small_sample_dir)
     teacher = make_teacher(tmp_path / "teachers" / "t.pt", meta)
-    common = dict(data=sample_dir, aug="stdaug+mixup", steps=4, eval_every=2, ipc=20, batch_size=32, width=0.125,
+    common = dict(data=small_sample_dir, aug="stdaug+mixup", steps=4, eval_every=2, ipc=20, batch_size=32, width=0.125,
                   device="cpu", progress=False)
     finals = {}
     for strategy, extra in (("A", {}), ("B", {"teacher": teacher}), ("C", {"teacher": teacher})):
