@@ -29,6 +29,10 @@ would not do: AdamW's momentum and weight decay keep moving a parameter).
 Only networks built from ``Conv2d``, ``BatchNorm2d``, ``Linear`` and parameter-free modules
 fuse (``resnet18``, ``resnet50``); ``vit_s`` does not.
 
+On CPU the fused layers are not what runs (:data:`KERNELS`): each member goes through the solo
+network's own code over views of the fused tensors, which is bit for bit its solo run and
+faster there than oneDNN's grouped kernels; the state layout above is the same either way.
+
 Example:
     >>> import torch
     >>> from fasttarget.losses import build_student
