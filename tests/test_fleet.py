@@ -228,7 +228,7 @@ def test_members_train_as_their_solo_runs_for_hundreds_of_steps(small_sample_dir
     catches a return of that drift. Batch 8 keeps it to seconds.
     """
     _, cache = inputs
-    run = dict(aug="stdaug", steps=200, eval_every=100, batch_size=8, width=0.125, device="cpu",
+    run = dict(aug="stdaug", steps=200, eval_every=200, batch_size=8, width=0.125, device="cpu",
                progress=False, seed=1)
     members = parse_members(["A", f"C={cache}"])
     finals = train_fleet(FleetConfig(TrainConfig(data=small_sample_dir, out=tmp_path / "fleet", **run), members))
@@ -236,9 +236,9 @@ def test_members_train_as_their_solo_runs_for_hundreds_of_steps(small_sample_dir
         solo = train(TrainConfig(data=small_sample_dir, out=tmp_path / member.name, strategy=member.strategy,
                                  cache=member.cache, **run))
         fleet_rows, solo_rows = metrics(tmp_path / "fleet" / member.name), metrics(tmp_path / member.name)
-        assert [r["step"] for r in fleet_rows] == [r["step"] for r in solo_rows] == [100, 200]
+        assert [r["step"] for r in fleet_rows] == [r["step"] for r in solo_rows] == [200]
         for fleet_row, solo_row in zip(fleet_rows, solo_rows):
             assert [fleet_row[k] for k in TERMS] == pytest.approx([solo_row[k] for k in TERMS], rel=1e-4)
         assert abs(finals[member.name]["test_acc_h"] - solo["test_acc_h"]) <= 0.005
         assert fleet_rows == solo_rows  # and, on CPU, bit for bit
-    assert fleet_rows[0]["loss"] != fleet_rows[-1]["loss"]  # the members did train
+    assert finals["A"]["test_acc_h"] > 0.15  # the members did train (10 classes: chance is 0.10)
