@@ -81,8 +81,9 @@ def solo_runs(n: int, width: float, fmt: torch.memory_format, data: Sequence, st
 
 def fused_fleet(n: int, width: float, fmt: torch.memory_format, data: Sequence, steps: int,
                 compile: bool = False) -> Callable[[], None]:
-    """One :class:`FusedStudent` of N members, ``steps`` steps; its forward ``torch.compile``'d if ``compile``."""
-    net = FusedStudent(students(n, width, fmt)).to(memory_format=fmt)
+    """One :class:`FusedStudent` of N members on its grouped kernels (what this probe measures; a CPU
+    fleet's default runs the solo kernels), ``steps`` steps; its forward ``torch.compile``'d if ``compile``."""
+    net = FusedStudent(students(n, width, fmt), kernels="grouped").to(memory_format=fmt)
     step = FleetStep(net, build_optimizer(net, 1e-3, 0.01), TEMPERATURE,
                      forward=torch.compile(net) if compile else None)
 
