@@ -216,9 +216,54 @@ def test_solo_kernels_train_free_running_float32_members_bit_for_bit_as_solo_run
     assert_member_is(net, 0, students[0], rtol=0, atol=0)
 
 
-def test_member_checkpoints_round_trip_and_resume_the_fleet():
+class SavedBytes:
+    """Bytes of the tensors autograd holds for the backward pass, now and at most (while active)."""
+
+    def __init__(self):
+        self.now = self.peak = 0
+
+    def pack(self, t: torch.Tensor):
+        size = t.numel() * t.element_size()
+        self.now += size
+        self.peak = max(self.peak, self.now)
+        return _Held(t, size, self)
+
+    def unpack(self, held: "_Held") -> torch.Tensor:
+        return held.tensor
+
+
+class _Held:
+    def __init__(self, tensor, size, owner):
+        self.tensor, self.size, self.owner = tensor, size, owner
+
+    def __del__(self):
+        self.owner.now -= self.size
+
+
+def test_solo_kernels_hold_one_members_activations_at_a_time():
+    """A fleet on the solo kernels runs forward, loss and backward member by member: what autograd
+    holds at its peak is one solo step's, where one backward of the summed loss holds N members'."""
     students = solo_students()
-    net, fleet_step = fleet_of(solo_students())
+    net, fleet_step = fleet_of(solo_students(), kernels="solo")
+    grouped, grouped_step = fleet_of(solo_students(), kernels="grouped")
+    images, soft, hard = batch(0)
+    peaks = {}
+    for name, step in (("solo run", lambda: solo_step(students[0], adamw(students[0]), images, soft[0], hard)),
+                       ("fleet", lambda: fleet_step(images, soft, hard)),
+                       ("grouped fleet", lambda: grouped_step(images, soft, hard))):
+        saved = SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
+            step()
+        assert saved.now == 0  # every graph freed by its backward
+        peaks[name] = saved.peak
+    assert peaks["fleet"] <= 1.05 * peaks["solo run"], peaks
+    assert peaks["grouped fleet"] > 2 * peaks["solo run"], peaks  # the measure sees all N members held
+
+
+@KERNELS
+def test_member_checkpoints_round_trip_and_resume_the_fleet(kernels):
+    students = solo_students()
+    net, fleet_step = fleet_of(solo_students(), kernels=kernels)
     for i, solo in enumerate(students):  # built from the solo students: exactly their state, every key
         assert_member_is(net, i, solo, rtol=0, atol=0)
     for step in range(3):
@@ -229,7 +274,7 @@ def test_member_checkpoints_round_trip_and_resume_the_fleet():
     for state in members:
         torch.save(state, "/dev/null")  # contiguous copies, not views of the fused tensors
 
-    resumed, resumed_step = fleet_of(solo_students())  # another initialization, then the checkpoints
+    resumed, resumed_step = fleet_of(solo_students(), kernels=kernels)  # another initialization, then the checkpoints
     for i, state in enumerate(members):
         resumed.load_member_state_dict(i, state)
     resumed_step.optimizer.load_state_dict(resumed.fuse_optimizer_states(optimizer_states))
@@ -244,11 +289,12 @@ def test_member_checkpoints_round_trip_and_resume_the_fleet():
     torch.testing.assert_close(resumed.member_state_dict(2), net.member_state_dict(2), rtol=0, atol=0)
 
 
-def test_a_member_with_a_nan_loss_stops_and_the_others_train_on():
+@KERNELS
+def test_a_member_with_a_nan_loss_stops_and_the_others_train_on(kernels):
     """Member 1's targets turn NaN at step 3: from then on its state is its state after step 2,
     bit for bit, and members 0 and 2 train exactly as in a fleet where nothing failed."""
-    net, fleet_step = fleet_of(solo_students())
-    reference, reference_step = fleet_of(solo_students())
+    net, fleet_step = fleet_of(solo_students(), kernels=kernels)
+    reference, reference_step = fleet_of(solo_students(), kernels=kernels)
     for step in range(6):
         images, soft, hard = batch(step)
         reference_step(images, soft, hard)

@@ -77,6 +77,11 @@ def by_member(t: torch.Tensor, members: int) -> torch.Tensor:
     return t.unflatten(0, (members, -1))
 
 
+def member_inputs(x: torch.Tensor, members: int) -> list[torch.Tensor]:
+    """Each member's input: ``x [B,3,H,W]`` is every member's, ``x [N,B,3,H,W]`` one each."""
+    return list(x.unbind(0)) if x.dim() == 5 else [x] * members
+
+
 def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The fused layout of one tensor per member: concatenated along dim 0, scalars stacked."""
     return torch.stack(tensors) if tensors[0].dim() == 0 else torch.cat(tensors)
@@ -218,15 +223,36 @@ class _Fused(nn.Module):
         kernels (docs/design.md, "Fused students"); the fleet still shares one loader pass, one
         augmentation and one target gather.
         """
-        modes = {name: m.training for name, m in self.named_modules()}
-        for name, m in self._solo.named_modules():  # train/eval is the fleet's, layer by layer
-            m.training = modes[name]
         views = {k: [v.view(self._solo_shapes[k]) for v in by_member(t, self.members).unbind(0)]
                  for k, t in [*self.named_parameters(), *self.named_buffers()]}
-        inputs = x.unbind(0) if x.dim() == 5 else [x] * self.members
-        return [torch.func.functional_call(self._solo, {k: v[i] for k, v in views.items()}, (inputs[i],),
-                                           strict=True)
-                for i in range(self.members)]
+        inputs = member_inputs(x, self.members)
+        return [self.member_forward({k: v[i] for k, v in views.items()}, inputs[i]) for i in range(self.members)]
+
+    def member_forward(self, tensors: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
+        """The solo network's forward on one member's ``tensors`` (solo keys and shapes, parameters
+        and buffers: views of the fused ones, or leaves sharing their storage, see :meth:`member_leaves`).
+
+        BatchNorm updates the running statistics it is given in place, so through views it updates
+        the fleet's. Train/eval modes are the fleet's, layer by layer.
+        """
+        modes = {name: m.training for name, m in self.named_modules()}
+        for name, m in self._solo.named_modules():
+            m.training = modes[name]
+        return torch.func.functional_call(self._solo, tensors, (x,), strict=True)
+
+    def member_leaves(self, i: int) -> dict[str, torch.Tensor]:
+        """Member ``i``'s tensors for :meth:`member_forward`, its parameters as new autograd leaves.
+
+        Each parameter is a detached view of its slice of the fused parameter (same storage, so
+        it reads the current weights and costs no copy) that requires grad: a backward through
+        :meth:`member_forward` then leaves member ``i``'s gradient in its ``.grad``, exactly the
+        tensor a solo run's backward leaves (:class:`FleetStep` copies it into the fused
+        gradient). Buffers are plain views, updated in place.
+        """
+        params = dict(self.named_parameters())
+        return {k: (by_member(t, self.members)[i].view(self._solo_shapes[k]).detach().requires_grad_()
+                    if k in params else by_member(t, self.members)[i].view(self._solo_shapes[k]))
+                for k, t in [*params.items(), *self.named_buffers()]}
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B,3,H,W]`` (shared) or ``[N,B,3,H,W]`` (one input per member) → features ``[N,B,D]``."""
@@ -420,6 +446,11 @@ class FleetStep:
     before the step that failed, and its loss no longer reaches the sum. The other members
     are untouched. Its optimizer state does go on changing (it is not used again).
 
+    A fleet on the solo kernels (CPU, :data:`KERNELS`) stepped with ``forward=net`` runs forward,
+    loss and backward one member after another (the same bits as one backward of the sum, with
+    one member's activations held at a time); otherwise one forward computes every member's
+    logits and one backward their summed loss.
+
     Args:
         net: the fleet.
         optimizer: an elementwise optimizer over ``net.parameters()`` (e.g.
@@ -471,14 +502,17 @@ class FleetStep:
             ``{"loss_b", "loss_h", "loss"}``: each member's terms, ``[N]`` (detached).
         """
         buffers = [b.clone() for b in self.buffers]  # BatchNorm updates its statistics in the forward
-        with self.autocast():
-            logits_g, logits_h = self.forward(images)
-        per_member = [loss_terms(logits_g[i], logits_h[i], soft_targets[i], hard_targets, self.temperature)
-                      for i in range(self.net.members)]
-        terms = {k: torch.stack([t[k] for t in per_member]) for k in per_member[0]}
-        self.active &= torch.isfinite(terms["loss"])
         self.optimizer.zero_grad(set_to_none=True)
-        torch.where(self.active, terms["loss"], 0.0).sum().backward()
+        if self.forward is self.net and self.net._solo_kernels(images):
+            terms = self._members_in_turn(images, soft_targets, hard_targets)
+        else:
+            with self.autocast():
+                logits_g, logits_h = self.forward(images)
+            per_member = [loss_terms(logits_g[i], logits_h[i], soft_targets[i], hard_targets, self.temperature)
+                          for i in range(self.net.members)]
+            terms = {k: torch.stack([t[k] for t in per_member]) for k in per_member[0]}
+            self.active &= torch.isfinite(terms["loss"])
+            torch.where(self.active, terms["loss"], 0.0).sum().backward()
         with torch.no_grad():
             params = [p.clone() for p in self.params]
             self.optimizer.step()
@@ -488,3 +522,33 @@ class FleetStep:
                 own.copy_(torch.where(stopped.view(-1, *[1] * (own.dim() - 1)), by_member(before, self.net.members),
                                       own))
         return {k: v.detach() for k, v in terms.items()}
+
+    def _members_in_turn(self, images: torch.Tensor, soft_targets: torch.Tensor,
+                         hard_targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward, loss and backward of one member after another (the solo kernels' path).
+
+        The same gradients as one backward of the summed loss, bit for bit, but a member's
+        activations are freed before the next member's forward: the fleet's peak memory is one
+        member's, not N members', and on CPU the allocator reuses it instead of mapping fresh
+        pages every step (``scripts/fleet_probe.py``). Each member's gradient lands in its own
+        leaves (:meth:`_Fused.member_leaves`) and is copied into its slice of the fused gradient.
+        """
+        net, n = self.net, self.net.members
+        grads = [torch.zeros_like(p) for p in self.params]
+        inputs = member_inputs(images, n)
+        per_member = []
+        for i in range(n):
+            tensors = net.member_leaves(i)
+            with self.autocast():
+                logits_g, logits_h = net.member_forward(tensors, inputs[i])
+            terms = loss_terms(logits_g, logits_h, soft_targets[i], hard_targets, self.temperature)
+            live = self.active[i] & torch.isfinite(terms["loss"])
+            torch.where(live, terms["loss"], 0.0).backward()
+            self.active[i] = live
+            for grad, name in zip(grads, net._solo_params):
+                if tensors[name].grad is not None:
+                    by_member(grad, n)[i].copy_(tensors[name].grad.view(by_member(grad, n)[i].shape))
+            per_member.append({k: v.detach() for k, v in terms.items()})
+        for p, grad in zip(self.params, grads):
+            p.grad = grad
+        return {k: torch.stack([t[k] for t in per_member]) for k in per_member[0]}
