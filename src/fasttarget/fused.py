@@ -530,7 +530,7 @@ class FleetStep:
         The same gradients as one backward of the summed loss, bit for bit, but a member's
         activations are freed before the next member's forward: the fleet's peak memory is one
         member's, not N members', and on CPU the allocator reuses it instead of mapping fresh
-        pages every step (``scripts/fleet_probe.py``). Each member's gradient lands in its own
+        pages every step (docs/design.md, "Fused students"). Each member's gradient lands in its own
         leaves (:meth:`_Fused.member_leaves`) and is copied into its slice of the fused gradient.
         """
         net, n = self.net, self.net.members
